@@ -162,8 +162,9 @@ class SegmentedLog:
         self.directory = os.fspath(directory)
         self.config = config
         self.recovery = report
-        self._segments = segments
-        self._bases = [s.base for s in segments]
+        # (segments, their base offsets): replaced whole on roll and retention,
+        # so a reader takes both from one consistent snapshot without a lock.
+        self._view: tuple[tuple[_Segment, ...], tuple[int, ...]] = _view_of(segments)
         self._active = segments[-1]
         self._lock = threading.Lock()
         self._closed = False
@@ -228,9 +229,13 @@ class SegmentedLog:
     # ---- properties --------------------------------------------------------
 
     @property
+    def _segments(self) -> tuple[_Segment, ...]:
+        return self._view[0]
+
+    @property
     def start_offset(self) -> int:
         """Earliest retained offset (0 until retention drops a segment)."""
-        return self._segments[0].base
+        return self._view[1][0]
 
     @property
     def end_offset(self) -> int:
@@ -285,6 +290,8 @@ class SegmentedLog:
             if end < 0:
                 seg = self._roll(nat.REC_HEADER_SIZE + len(attrs) + len(payload))
                 end = seg.native.append(type, msg_count, attrs, payload)
+                if end < 0:
+                    raise errors.RecordTooLarge("record does not fit an empty segment")
             off = seg.base + end - HEADER
             self._written = off
             return off
@@ -361,20 +368,19 @@ class SegmentedLog:
         capacity = max(self.config.segment_size, HEADER + record_size)
         if record_size > nat.MAX_RECORD:
             raise errors.RecordTooLarge(f"record of {record_size} bytes exceeds {nat.MAX_RECORD}")
+        segments = list(self._segments)
         if info.records == 0:
-            # an empty active segment too small for this record: replace it
-            path = active.native.path
-            active.native.close()
-            os.unlink(path)
-            self._segments.pop()
-            self._bases.pop()
+            # An empty active segment too small for this record: replace it.
+            # Unlink only; a reader may still hold it (unmapped when released).
+            os.unlink(active.native.path)
+            segments.pop()
             base, base_msg = active.base, info.base_msg
         else:
             active.native.seal(os.path.join(self.directory, layout.index_name(active.base)))
             base, base_msg = active.end_offset(), info.base_msg + info.messages
         seg = _create_segment(self.directory, base, base_msg, self.config, capacity)
-        self._segments.append(seg)
-        self._bases.append(base)
+        segments.append(seg)
+        self._view = _view_of(segments)
         self._active = seg
         return seg
 
@@ -444,12 +450,11 @@ class SegmentedLog:
 
     # ---- reading -----------------------------------------------------------------
 
-    def _segment_for(self, offset: int) -> tuple[int, list[_Segment]]:
-        segments = self._segments  # a snapshot: retention replaces the list
-        if offset < segments[0].base:
-            raise errors.OffsetGone(offset, segments[0].base)
-        i = bisect.bisect_right([s.base for s in segments], offset) - 1
-        return i, segments
+    def _segment_for(self, offset: int) -> tuple[int, tuple[_Segment, ...]]:
+        segments, bases = self._view  # one consistent snapshot
+        if offset < bases[0]:
+            raise errors.OffsetGone(offset, bases[0])
+        return bisect.bisect_right(bases, offset) - 1, segments
 
     def check_offset(self, offset: int) -> None:
         """Raise unless ``offset`` is a record boundary of this log.
@@ -490,7 +495,8 @@ class SegmentedLog:
         while True:
             seg = segments[i]
             pos = offset - seg.base + HEADER
-            r = seg.native.read_into(pos, 1 << 62, nat.offset_pointer(out, filled + (1 if json else 0)),
+            skip = filled + (1 if json else 0)  # JSON: leave room for "[" and "]"
+            r = seg.native.read_into(pos, 1 << 62, nat.offset_pointer(out, skip, extra + filled),
                                      json, started)
             if r.need and records == 0 and filled == 0:
                 buf, out = nat.new_buffer(r.need + extra)
@@ -570,8 +576,7 @@ class SegmentedLog:
                 dropped.append(keep.pop(0))
             if not dropped:
                 return 0
-            self._segments = keep
-            self._bases = [s.base for s in keep]
+            self._view = _view_of(keep)
         for seg in dropped:
             # Unlink only: readers holding the old list may still be inside the
             # mapping; it is unmapped when the last reference goes.
@@ -606,6 +611,10 @@ class SegmentedLog:
     def __repr__(self):
         return (f"<SegmentedLog {self.directory!r} segments={len(self._segments)} "
                 f"start={self.start_offset} end={self._written}>")
+
+
+def _view_of(segments) -> tuple[tuple[_Segment, ...], tuple[int, ...]]:
+    return tuple(segments), tuple(s.base for s in segments)
 
 
 def _create_segment(directory, base: int, base_msg: int, config: LogConfig,
@@ -683,6 +692,9 @@ class _IntervalFlusher:
         while True:
             with cls._lock:
                 logs = list(cls._logs)
+                if not logs:
+                    cls._thread = None  # the next register() starts a new one
+                    return
             period = min((lg.config.flush_interval for lg in logs), default=0.05)
             for lg in logs:
                 if lg._written > lg._synced and not lg._closed:
