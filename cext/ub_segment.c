@@ -211,6 +211,22 @@ static int valid_record_after(const uint8_t *map, uint64_t from, uint64_t to)
     return 0;
 }
 
+/* The signature of an append cut short by a process crash: append_one writes
+ * the CRC last, so its field is still zero, the header is plausible, and only
+ * zeros follow where the record claims to end. Whatever its half-copied
+ * payload holds (even bytes that look like records) is then not data after
+ * the damage. A complete record whose length was damaged has a non-zero CRC,
+ * so it is still searched past and reported. */
+static int write_in_progress(const ub_segment *s, uint64_t pos)
+{
+    ub_record rec;
+    const char *why;
+    if (get32(s->map + pos) != 0 ||
+        ub_record_peek(s->map, (size_t)s->alloc, (size_t)pos, &rec, &why) != UB_OK)
+        return 0;
+    return all_zero(s->map + rec.next, s->alloc - rec.next);
+}
+
 static void reset_counts(ub_segment *s)
 {
     s->records = 0;
@@ -560,7 +576,8 @@ static int open_active(ub_segment *s, int mode, ub_scan_result *res)
     res->valid_end = stop;
     if (rc == UB_OK || all_zero(s->map + stop, s->alloc - stop))
         return UB_OK;
-    if (mode != UB_OPEN_REPAIR && valid_record_after(s->map, stop, s->alloc)) {
+    if (mode != UB_OPEN_REPAIR && !write_in_progress(s, stop) &&
+        valid_record_after(s->map, stop, s->alloc)) {
         res->bad_pos = stop;
         res->reason = rc == UB_ENEEDMORE ? "bad record length" : why;
         return UB_ECORRUPT;
@@ -760,12 +777,13 @@ int ub_segment_seal(ub_segment *s, const char *idx_path)
 
 int ub_segment_truncate(ub_segment *s, uint64_t pos)
 {
+    uint64_t bad_pos;
+    const char *why;
     if (s->sealed)
         return UB_EINVAL;
-    if (ub_segment_check_boundary(s, pos) != UB_OK)
+    if (ub_segment_check_boundary(s, pos, &bad_pos, &why) != UB_OK)
         return UB_ERANGE;
     uint64_t old_end = s->end, stop;
-    const char *why;
     memset(s->map + pos, 0, (size_t)(old_end - pos));
     scan(s, pos, &stop, &why);
     return stop == pos ? UB_OK : UB_ECORRUPT;
@@ -773,7 +791,24 @@ int ub_segment_truncate(ub_segment *s, uint64_t pos)
 
 /* ---- read --------------------------------------------------------------- */
 
-int ub_segment_check_boundary(const ub_segment *s, uint64_t pos)
+/* Decode the record at p (below end), CRC included; on damage report where. */
+static int hop(const ub_segment *s, uint64_t p, uint64_t end, ub_record *rec,
+               uint64_t *bad_pos, const char **reason)
+{
+    int rc = ub_record_decode(s->map, (size_t)end, (size_t)p, rec, reason);
+    if (rc == UB_OK)
+        return UB_OK;
+    if (rc == UB_ENEEDMORE)
+        *reason = "truncated record";
+    *bad_pos = p;
+    return UB_ECORRUPT;
+}
+
+/* Hops verify each record's CRC: a damaged length can then never walk us off
+ * the record boundaries (and an index that lies is caught the same way). The
+ * cost is at most index_interval bytes of CRC per lookup. */
+int ub_segment_check_boundary(const ub_segment *s, uint64_t pos, uint64_t *bad_pos,
+                              const char **reason)
 {
     uint64_t end = load_end(s);
     if (pos < UB_SEG_HEADER_SIZE || pos > end)
@@ -781,8 +816,7 @@ int ub_segment_check_boundary(const ub_segment *s, uint64_t pos)
     uint64_t p = s->idx[index_floor(s, pos, 0)].pos;
     while (p < pos) {
         ub_record rec;
-        const char *why;
-        if (ub_record_peek(s->map, (size_t)end, (size_t)p, &rec, &why) != UB_OK)
+        if (hop(s, p, end, &rec, bad_pos, reason) != UB_OK)
             return UB_ECORRUPT;
         p = rec.next;
     }
@@ -790,19 +824,15 @@ int ub_segment_check_boundary(const ub_segment *s, uint64_t pos)
 }
 
 int ub_segment_record_at(const ub_segment *s, uint64_t pos, ub_record *rec,
-                         const char **reason)
+                         uint64_t *bad_pos, const char **reason)
 {
     uint64_t end = load_end(s);
     *reason = NULL;
-    int rc = ub_segment_check_boundary(s, pos);
+    *bad_pos = pos;
+    int rc = ub_segment_check_boundary(s, pos, bad_pos, reason);
     if (rc != UB_OK || pos == end)
         return rc == UB_OK ? UB_ERANGE : rc;
-    rc = ub_record_decode(s->map, (size_t)end, (size_t)pos, rec, reason);
-    if (rc == UB_ENEEDMORE) {
-        *reason = "truncated record";
-        rc = UB_ECORRUPT;
-    }
-    return rc;
+    return hop(s, pos, end, rec, bad_pos, reason);
 }
 
 int ub_segment_read(const ub_segment *s, uint64_t pos, uint64_t limit,
@@ -815,15 +845,17 @@ int ub_segment_read(const ub_segment *s, uint64_t pos, uint64_t limit,
     uint64_t end = load_end(s);
     if (limit > end)
         limit = end;
-    int rc = ub_segment_check_boundary(s, pos);
+    int rc = ub_segment_check_boundary(s, pos, &r->bad_pos, &r->reason);
     if (rc != UB_OK)
         return rc;
     while (pos < limit) {
         ub_record rec;
-        rc = ub_record_peek(s->map, (size_t)limit, (size_t)pos, &rec, &r->reason);
+        const char *why = NULL;
+        rc = ub_record_peek(s->map, (size_t)limit, (size_t)pos, &rec, &why);
         if (rc != UB_OK) {
-            if (rc == UB_ENEEDMORE)
-                r->reason = "truncated record";
+            if (r->records > 0)
+                break; /* serve what is intact; the next read reports this one */
+            r->reason = rc == UB_ENEEDMORE ? "truncated record" : why;
             r->bad_pos = pos;
             return UB_ECORRUPT;
         }
@@ -861,15 +893,15 @@ int ub_segment_read(const ub_segment *s, uint64_t pos, uint64_t limit,
 }
 
 int ub_segment_find_msg(const ub_segment *s, uint64_t msg_rel, uint64_t *rec_pos,
-                        uint64_t *rec_first_msg)
+                        uint64_t *rec_first_msg, uint64_t *bad_pos,
+                        const char **reason)
 {
     uint64_t end = load_end(s);
     uint32_t i = index_floor(s, msg_rel, 1);
     uint64_t p = s->idx[i].pos, m = s->idx[i].msg;
     while (p < end) {
         ub_record rec;
-        const char *why;
-        if (ub_record_peek(s->map, (size_t)end, (size_t)p, &rec, &why) != UB_OK)
+        if (hop(s, p, end, &rec, bad_pos, reason) != UB_OK)
             return UB_ECORRUPT;
         if (msg_rel < m + rec.msg_count) {
             *rec_pos = p;

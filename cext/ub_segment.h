@@ -86,20 +86,26 @@ int ub_segment_seal(ub_segment *s, const char *idx_path);
 /* Cut an active segment back to pos (a record boundary). */
 int ub_segment_truncate(ub_segment *s, uint64_t pos);
 
-/* UB_OK when pos is a record boundary in [header, end], UB_ERANGE otherwise. */
-int ub_segment_check_boundary(const ub_segment *s, uint64_t pos);
+/* UB_OK when pos is a record boundary in [header, end], UB_ERANGE when it is
+ * not, UB_ECORRUPT (with *bad_pos and *reason) when a record on the way from
+ * the nearest index entry fails its CRC. */
+int ub_segment_check_boundary(const ub_segment *s, uint64_t pos, uint64_t *bad_pos,
+                              const char **reason);
 /* Gather payloads of the records from pos (a boundary) up to limit (<= end)
  * into out[0, cap), verifying each CRC, stopping on a record boundary. In JSON
  * mode (json != 0) payloads are joined with ',' and empty ones skipped. */
 int ub_segment_read(const ub_segment *s, uint64_t pos, uint64_t limit,
                     uint8_t *out, size_t cap, int json, ub_read_result *r);
-/* Decode and verify the record at pos (a boundary) without copying. */
+/* Decode and verify the record at pos (a boundary) without copying; damage
+ * is reported through *bad_pos and *reason. */
 int ub_segment_record_at(const ub_segment *s, uint64_t pos, ub_record *rec,
-                         const char **reason);
+                         uint64_t *bad_pos, const char **reason);
 /* Find the record holding the msg_rel-th message of this segment (0-based):
- * its position and the number of messages in the segment before it. */
+ * its position and the number of messages in the segment before it.
+ * UB_ERANGE when there is no such message; damage as for record_at. */
 int ub_segment_find_msg(const ub_segment *s, uint64_t msg_rel, uint64_t *rec_pos,
-                        uint64_t *rec_first_msg);
+                        uint64_t *rec_first_msg, uint64_t *bad_pos,
+                        const char **reason);
 /* Base address of the mapping, for zero-copy views of records. */
 const uint8_t *ub_segment_data(const ub_segment *s);
 void ub_segment_close(ub_segment *s);

@@ -76,6 +76,11 @@ def check(rc: int, what: str, path=None, errno_value: int = 0) -> None:
     raise cls(message)
 
 
+def _ptr(data):
+    """``bytes`` pass to C as they are; other buffers through ``from_buffer``."""
+    return data if type(data) is bytes else ffi.from_buffer(data)
+
+
 def _reason(ptr) -> str:
     return ffi.string(ptr).decode() if ptr != ffi.NULL else "unknown"
 
@@ -120,13 +125,14 @@ class DecodedRecord:
 
 def encode_record(type: int, payload: bytes, attrs: bytes = b"", msg_count: int = 1) -> bytes:
     """Frame one record into a new ``bytes`` (the on-disk bytes of a record)."""
+    if len(attrs) > MAX_ATTRS or len(payload) > MAX_PAYLOAD:
+        raise errors.RecordTooLarge(f"attrs of {len(attrs)} or payload of {len(payload)} "
+                                    f"bytes over the limits ({MAX_ATTRS}, {MAX_PAYLOAD})")
     size = lib.ub_record_size(len(attrs), len(payload))
-    if size > MAX_RECORD:
-        raise errors.RecordTooLarge(f"record of {size} bytes exceeds {MAX_RECORD}")
     buf = ffi.new("uint8_t[]", size)
     written = ffi.new("size_t *")
-    check(lib.ub_record_encode(buf, size, type, msg_count, attrs, len(attrs),
-                               payload, len(payload), written), "encode record")
+    check(lib.ub_record_encode(buf, size, type, msg_count, _ptr(attrs), len(attrs),
+                               _ptr(payload), len(payload), written), "encode record")
     return ffi.buffer(buf, written[0])[:]
 
 
@@ -268,12 +274,16 @@ class NativeSegment:
         """Position after the last record."""
         return lib.ub_segment_end(self._p())
 
-    def append(self, type: int, msg_count: int, attrs, payload) -> int:
+    def append(self, type_: int, msg_count: int, attrs, payload) -> int:
         """Append one record. :return: new end position, or raises.
 
         Returns ``-1`` when the record does not fit (the caller rolls).
         """
-        rc = lib.ub_segment_append(self._p(), type, msg_count, attrs, len(attrs),
+        if type(payload) is not bytes:
+            payload = ffi.from_buffer(payload)
+        if type(attrs) is not bytes:
+            attrs = ffi.from_buffer(attrs)
+        rc = lib.ub_segment_append(self._p(), type_, msg_count, attrs, len(attrs),
                                    payload, len(payload), self._end)
         if rc:
             if rc == ENOSPACE:
@@ -311,10 +321,15 @@ class NativeSegment:
         check(lib.ub_segment_truncate(self._p(), pos), "truncate", self.path)
 
     def is_boundary(self, pos: int) -> bool:
-        """Whether ``pos`` is a record boundary (the end counts)."""
-        rc = lib.ub_segment_check_boundary(self._p(), pos)
+        """Whether ``pos`` is a record boundary (the end counts).
+
+        :raises CorruptSegment: a record between the nearest index entry and
+            ``pos`` fails its CRC (reported at that record)
+        """
+        bad, why = ffi.new("uint64_t *"), ffi.new("const char **")
+        rc = lib.ub_segment_check_boundary(self._p(), pos, bad, why)
         if rc == ECORRUPT:
-            raise errors.CorruptSegment(self.path, pos, "bad record length")
+            raise errors.CorruptSegment(self.path, bad[0], _reason(why[0]))
         return rc == 0
 
     def read_into(self, pos: int, limit: int, out, json: bool, json_started: bool):
@@ -341,10 +356,10 @@ class NativeSegment:
         """Decode and verify the record at ``pos``, copying attrs and payload out."""
         p = self._p()
         rec = ffi.new("ub_record *")
-        why = ffi.new("const char **")
-        rc = lib.ub_segment_record_at(p, pos, rec, why)
+        bad, why = ffi.new("uint64_t *"), ffi.new("const char **")
+        rc = lib.ub_segment_record_at(p, pos, rec, bad, why)
         if rc == ECORRUPT:
-            raise errors.CorruptSegment(self.path, pos, _reason(why[0]))
+            raise errors.CorruptSegment(self.path, bad[0], _reason(why[0]))
         if rc == lib.UB_ERANGE:
             raise errors.InvalidOffset(pos)
         check(rc, "read record", self.path)
@@ -359,11 +374,12 @@ class NativeSegment:
         the number of messages before that record, or None when out of range."""
         pos = ffi.new("uint64_t *")
         first = ffi.new("uint64_t *")
-        rc = lib.ub_segment_find_msg(self._p(), msg_rel, pos, first)
+        bad, why = ffi.new("uint64_t *"), ffi.new("const char **")
+        rc = lib.ub_segment_find_msg(self._p(), msg_rel, pos, first, bad, why)
         if rc == lib.UB_ERANGE:
             return None
         if rc == ECORRUPT:
-            raise errors.CorruptSegment(self.path, 0, "bad record length")
+            raise errors.CorruptSegment(self.path, bad[0], _reason(why[0]))
         check(rc, "find message", self.path)
         return pos[0], first[0]
 

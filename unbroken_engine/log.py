@@ -634,8 +634,9 @@ def _check_lines_up(seg: _Segment, prev: _Segment | None, path) -> None:
     if prev is not None:
         pinfo = prev.native.info()
         if prev.end_offset() != seg.base or pinfo.base_msg + pinfo.messages != info.base_msg:
-            raise errors.CorruptSegment(path, 0, "segment does not follow the previous one "
-                                                 "(missing or truncated segment)")
+            # name the earlier file: it ends short of where its successor starts
+            raise errors.CorruptSegment(prev.native.path, pinfo.end,
+                                        "segment does not follow the previous one")
 
 
 def _drop_unwritten_tail(directory, bases: list[int]) -> int:
