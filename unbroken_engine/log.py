@@ -166,7 +166,8 @@ class SegmentedLog:
         # so a reader takes both from one consistent snapshot without a lock.
         self._view: tuple[tuple[_Segment, ...], tuple[int, ...]] = _view_of(segments)
         self._active = segments[-1]
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # appends, rolls, retention
+        self._flush_lock = threading.Lock()  # a flush vs. a seal or close of its file
         self._closed = False
         self._written = self._active.end_offset()
         self._synced = self._written  # recovery leaves everything it kept durable
@@ -362,23 +363,44 @@ class SegmentedLog:
         return off
 
     def _roll(self, record_size: int) -> _Segment:
-        """Seal the active segment and start a new one (append lock held)."""
-        active = self._active
-        info = active.native.info()
-        capacity = max(self.config.segment_size, HEADER + record_size)
+        """Seal the active segment and start a new one (append lock held).
+
+        The new file is created under a temporary name, the old one sealed,
+        then the new one renamed into place and the directory synced. A failure
+        at any step leaves the old active segment in place and appendable
+        (the append that needed the room raises); a crash at any step leaves a
+        directory that opens to the same records (``*.tmp`` files are removed
+        at open). An empty active segment too small for a large record is
+        replaced by the rename itself, so the log never has no segment.
+        """
         if record_size > nat.MAX_RECORD:
             raise errors.RecordTooLarge(f"record of {record_size} bytes exceeds {nat.MAX_RECORD}")
+        active = self._active
+        info = active.native.info()
+        empty = info.records == 0
+        base = active.base if empty else active.end_offset()
+        base_msg = info.base_msg + info.messages
+        capacity = max(self.config.segment_size, HEADER + record_size)
+        final = os.path.join(self.directory, layout.segment_name(base))
+        tmp = final + ".tmp"
+        native = nat.NativeSegment.create(tmp, base, base_msg, int(time.time() * 1000),
+                                          capacity, self.config.index_interval)
+        try:
+            with self._flush_lock:
+                if not empty:
+                    active.native.seal(os.path.join(self.directory, layout.index_name(active.base)))
+                os.replace(tmp, final)
+                native.path = final
+                layout.fsync_dir(self.directory)
+        except BaseException:
+            native.close()
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        seg = _Segment(base, native)
         segments = list(self._segments)
-        if info.records == 0:
-            # An empty active segment too small for this record: replace it.
-            # Unlink only; a reader may still hold it (unmapped when released).
-            os.unlink(active.native.path)
-            segments.pop()
-            base, base_msg = active.base, info.base_msg
-        else:
-            active.native.seal(os.path.join(self.directory, layout.index_name(active.base)))
-            base, base_msg = active.end_offset(), info.base_msg + info.messages
-        seg = _create_segment(self.directory, base, base_msg, self.config, capacity)
+        if empty:
+            segments.pop()  # readers holding it keep their mapping until released
         segments.append(seg)
         self._view = _view_of(segments)
         self._active = seg
@@ -392,12 +414,11 @@ class SegmentedLog:
         Sealed segments were synced when they were sealed, so syncing the
         active one covers everything written before ``target`` was captured.
         """
-        target = self._written
-        seg = self._active
-        try:
-            seg.native.sync()
-        except errors.LogClosedError:
-            pass  # replaced by a roll, which synced it when sealing
+        with self._flush_lock:  # a roll or close cannot swap the file meanwhile
+            if self._closed:
+                raise errors.LogClosedError(f"log {self.directory} is closed")
+            target = self._written
+            self._active.native.sync()
         return target
 
     def _note_synced(self, target: int) -> None:
@@ -489,7 +510,8 @@ class SegmentedLog:
             raise errors.InvalidOffset(offset, "beyond the end of the log")
         i, segments = self._segment_for(offset)
         extra = 2 if json else 0
-        buf, out = nat.new_buffer(max(max_bytes, 0) + extra)
+        # never more room than the log holds from here (payloads < records)
+        buf, out = nat.new_buffer(max(0, min(max_bytes, self.end_offset - offset)) + extra)
         filled = records = messages = 0
         closed = started = False
         while True:
@@ -591,14 +613,14 @@ class SegmentedLog:
     def close(self) -> None:
         """Flush (whatever the policy) and close every segment. Idempotent.
         Later calls raise :class:`LogClosedError`."""
-        with self._lock:
+        _IntervalFlusher.unregister(self)
+        with self._lock, self._flush_lock:
             if self._closed:
                 return
             try:
                 self._active.native.sync()
             finally:
                 self._closed = True
-                _IntervalFlusher.unregister(self)
                 for seg in self._segments:
                     seg.native.close()
 
