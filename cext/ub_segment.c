@@ -750,28 +750,34 @@ int ub_segment_append_batch(ub_segment *s, const uint8_t *payloads,
 
 int ub_segment_sync(ub_segment *s)
 {
-    if (s->sealed)
-        return UB_OK; /* synced when it was sealed */
+    if (s->fd < 0)
+        return UB_OK; /* sealed and synced */
     /* Linux keeps one page cache: fdatasync writes back pages dirtied through
      * the shared mapping as well as the file size grown by posix_fallocate. */
     if (fdatasync(s->fd) != 0)
         return io_error(s, errno);
+    if (s->sealed) {
+        close(s->fd); /* the mapping stays valid; synced sealed segments need no fd */
+        s->fd = -1;
+    }
     return UB_OK;
 }
 
-int ub_segment_seal(ub_segment *s, const char *idx_path)
+int ub_segment_seal(ub_segment *s, const char *idx_path, int sync)
 {
     if (s->sealed)
         return UB_OK;
     if (ftruncate(s->fd, (off_t)s->end) != 0)
         return io_error(s, errno);
     s->alloc = s->end;
-    if (fdatasync(s->fd) != 0)
+    if (sync && fdatasync(s->fd) != 0)
         return io_error(s, errno);
     s->sealed = 1;
     index_write(s, idx_path); /* best effort: rebuilt by scanning when missing */
-    close(s->fd); /* the mapping stays valid; sealed segments need no fd */
-    s->fd = -1;
+    if (sync) {
+        close(s->fd);
+        s->fd = -1;
+    }
     return UB_OK;
 }
 

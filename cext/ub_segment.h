@@ -80,9 +80,11 @@ int ub_segment_append_batch(ub_segment *s, const uint8_t *payloads,
                             const uint32_t *lens, size_t n, size_t *done,
                             uint64_t *end);
 
+/* fdatasync; a sealed segment synced here then releases its fd. */
 int ub_segment_sync(ub_segment *s);
-/* Seal: cut the file to its end, sync it, write the index to idx_path. */
-int ub_segment_seal(ub_segment *s, const char *idx_path);
+/* Seal: cut the file to its end, write the index to idx_path, and (sync != 0)
+ * fdatasync it. Unsynced, the segment keeps its fd until ub_segment_sync. */
+int ub_segment_seal(ub_segment *s, const char *idx_path, int sync);
 /* Cut an active segment back to pos (a record boundary). */
 int ub_segment_truncate(ub_segment *s, uint64_t pos);
 

@@ -310,9 +310,10 @@ class NativeSegment:
         if rc:
             check(rc, "sync", self.path, self.info().os_errno)
 
-    def seal(self, idx_path) -> None:
-        """Cut the file to its end, sync it and write its index."""
-        rc = lib.ub_segment_seal(self._p(), os.fsencode(idx_path))
+    def seal(self, idx_path, sync: bool = True) -> None:
+        """Cut the file to its end, write its index and (``sync``) fdatasync it;
+        unsynced, it is synced by the next :meth:`sync`."""
+        rc = lib.ub_segment_seal(self._p(), os.fsencode(idx_path), sync)
         if rc:
             check(rc, "seal", self.path, self.info().os_errno)
 

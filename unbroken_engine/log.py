@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import anyio
+import anyio.lowlevel
 
 from . import _native as nat
 from . import errors, layout
@@ -168,6 +169,7 @@ class SegmentedLog:
         self._active = segments[-1]
         self._lock = threading.Lock()  # appends, rolls, retention
         self._flush_lock = threading.Lock()  # a flush vs. a seal or close of its file
+        self._unsynced_seals: list[_Segment] = []  # sealed under NEVER/INTERVAL, not yet synced
         self._closed = False
         self._written = self._active.end_offset()
         self._synced = self._written  # recovery leaves everything it kept durable
@@ -183,7 +185,7 @@ class SegmentedLog:
 
     @classmethod
     def open(cls, directory, config: LogConfig | None = None, *,
-             repair: bool = False) -> "SegmentedLog":
+             repair: bool = False, base_offset: int = 0) -> "SegmentedLog":
         """Open the log in ``directory`` (created if missing) and recover it.
 
         Sealed segments are opened with their saved index (rebuilt by a
@@ -192,6 +194,8 @@ class SegmentedLog:
 
         :param repair: cut the active segment at its first bad record even when
             valid records follow (operator repair; loses those records)
+        :param base_offset: where a *new* log's offsets start (a fork continues
+            its source's offsets); ignored when the directory holds a log
         :raises CorruptSegment: a bad record in a sealed segment, or before
             valid data in the active one, or segments that do not line up
         """
@@ -221,7 +225,8 @@ class SegmentedLog:
             if last:
                 active_records = rep.records
         if not segments:
-            segments.append(_create_segment(directory, 0, 0, config, config.segment_size))
+            segments.append(_create_segment(directory, base_offset, 0, config,
+                                            config.segment_size))
         report = RecoveryReport(directory, len(segments), active_records, cut, rebuilt,
                                 removed, segments[0].base, segments[-1].end_offset(),
                                 time.perf_counter() - t0)
@@ -388,7 +393,16 @@ class SegmentedLog:
         try:
             with self._flush_lock:
                 if not empty:
-                    active.native.seal(os.path.join(self.directory, layout.index_name(active.base)))
+                    # Under ALWAYS the seal's flush is short (acknowledged bytes
+                    # are on disk already) and must be synchronous: the next
+                    # flush syncs only the new active segment. Otherwise the
+                    # background flusher syncs it, off the appending thread.
+                    sync = self._always
+                    active.native.seal(os.path.join(self.directory, layout.index_name(active.base)),
+                                       sync)
+                    if not sync:
+                        self._unsynced_seals.append(active)
+                        _IntervalFlusher.register(self)
                 os.replace(tmp, final)
                 native.path = final
                 layout.fsync_dir(self.directory)
@@ -411,15 +425,35 @@ class SegmentedLog:
     def _flush(self) -> int:
         """fdatasync the active segment; return the offset now known durable.
 
-        Sealed segments were synced when they were sealed, so syncing the
-        active one covers everything written before ``target`` was captured.
+        Segments sealed without a flush are synced first; the others were
+        synced when sealed, so this covers everything written before ``target``
+        was captured.
         """
         with self._flush_lock:  # a roll or close cannot swap the file meanwhile
             if self._closed:
                 raise errors.LogClosedError(f"log {self.directory} is closed")
             target = self._written
+            self._sync_seals()
             self._active.native.sync()
         return target
+
+    def _sync_seals(self) -> None:
+        """Sync segments sealed without a flush (flush lock held)."""
+        while self._unsynced_seals:
+            self._unsynced_seals[0].native.sync()
+            self._unsynced_seals.pop(0)
+
+    def _background_flush(self) -> None:
+        """The shared flusher's call: sealed segments under every policy, the
+        active one under ``INTERVAL``."""
+        if self._closed:
+            return
+        if self.config.durability is Durability.INTERVAL and self._written > self._synced:
+            self._note_synced(self._flush())
+        elif self._unsynced_seals:
+            with self._flush_lock:
+                if not self._closed:
+                    self._sync_seals()
 
     def _note_synced(self, target: int) -> None:
         with self._synced_lock:
@@ -464,6 +498,9 @@ class SegmentedLog:
                 continue
             done = self._async_flush = anyio.Event()
             try:
+                # let the tasks that are ready append first, so they ride on
+                # this flush instead of waiting for the next one
+                await anyio.lowlevel.checkpoint()
                 self._note_synced(await anyio.to_thread.run_sync(self._flush))
             finally:
                 self._async_flush = None
@@ -491,14 +528,16 @@ class SegmentedLog:
             raise errors.InvalidOffset(offset)
 
     def read(self, offset: int, max_bytes: int = DEFAULT_READ_BYTES, *,
-             json: bool = False) -> ReadResult:
+             json: bool = False, until: int | None = None) -> ReadResult:
         """Read records from ``offset`` (a boundary this log returned).
 
         Payloads are gathered in C into one buffer, each record's CRC verified,
         stopping on a record boundary once ``max_bytes`` is reached (the first
         record is returned whole even when larger) and after a close record.
         In JSON mode the result is one JSON array of the messages (``[]`` when
-        there are none). Safe to call from any thread or task.
+        there are none). With ``until`` (a record boundary), nothing at or past
+        it is read and ``at_end`` means "reached ``until``" (a fork's view of
+        its source). Safe to call from any thread or task.
 
         :raises OffsetGone: before the earliest retained offset
         :raises InvalidOffset: beyond the end or not a record boundary
@@ -508,18 +547,19 @@ class SegmentedLog:
             raise errors.LogClosedError(f"log {self.directory} is closed")
         if offset < 0 or offset > self.end_offset:
             raise errors.InvalidOffset(offset, "beyond the end of the log")
+        stop = self.end_offset if until is None else min(until, self.end_offset)
         i, segments = self._segment_for(offset)
         extra = 2 if json else 0
         # never more room than the log holds from here (payloads < records)
-        buf, out = nat.new_buffer(max(0, min(max_bytes, self.end_offset - offset)) + extra)
+        buf, out = nat.new_buffer(max(0, min(max_bytes, stop - offset)) + extra)
         filled = records = messages = 0
         closed = started = False
         while True:
             seg = segments[i]
             pos = offset - seg.base + HEADER
             skip = filled + (1 if json else 0)  # JSON: leave room for "[" and "]"
-            r = seg.native.read_into(pos, 1 << 62, nat.offset_pointer(out, skip, extra + filled),
-                                     json, started)
+            r = seg.native.read_into(pos, stop - seg.base + HEADER,
+                                     nat.offset_pointer(out, skip, extra + filled), json, started)
             if r.need and records == 0 and filled == 0:
                 buf, out = nat.new_buffer(r.need + extra)
                 continue
@@ -531,10 +571,10 @@ class SegmentedLog:
             if r.closed:
                 closed = True
                 break
-            if r.need or r.next < seg.native.end() or i + 1 >= len(segments):
+            if r.need or r.next < seg.native.end() or i + 1 >= len(segments) or offset >= stop:
                 break
             i += 1
-        at_end = offset >= self.end_offset
+        at_end = offset >= (self.end_offset if until is None else stop)
         if json:
             buf[0] = 0x5B  # [
             buf[filled + 1] = 0x5D  # ]
@@ -618,6 +658,7 @@ class SegmentedLog:
             if self._closed:
                 return
             try:
+                self._sync_seals()
                 self._active.native.sync()
             finally:
                 self._closed = True
@@ -718,12 +759,12 @@ class _IntervalFlusher:
                 if not logs:
                     cls._thread = None  # the next register() starts a new one
                     return
-            period = min((lg.config.flush_interval for lg in logs), default=0.05)
+            period = min((lg.config.flush_interval for lg in logs
+                           if lg.config.durability is Durability.INTERVAL), default=0.05)
             for lg in logs:
-                if lg._written > lg._synced and not lg._closed:
-                    try:
-                        lg._note_synced(lg._flush())
-                    except errors.UnbrokenError:
-                        pass  # reported by the next ALWAYS/sync call; never acked
+                try:
+                    lg._background_flush()
+                except errors.UnbrokenError:
+                    pass  # reported by the next ALWAYS/sync call; never acked
             del logs
             time.sleep(period)
