@@ -210,6 +210,39 @@ def test_never_sync_makes_everything_durable(tmp_path):
         assert log.durable_offset == end
 
 
+@pytest.mark.parametrize("policy", [Durability.NEVER, Durability.INTERVAL, Durability.ALWAYS])
+def test_every_sealed_segment_is_synced(tmp_path, monkeypatch, policy):
+    """A roll under NEVER/INTERVAL leaves the sealing flush to the background
+    flusher (off the appending thread); under ALWAYS the seal flushes at once.
+    Either way every sealed segment is synced, without anyone calling sync()."""
+    synced = set()
+    real_sync, real_seal = nat.NativeSegment.sync, nat.NativeSegment.seal
+
+    def recording_sync(self):
+        real_sync(self)
+        synced.add(self.path)
+
+    def recording_seal(self, idx_path, sync=True):
+        real_seal(self, idx_path, sync)
+        if sync:
+            synced.add(self.path)
+
+    monkeypatch.setattr(nat.NativeSegment, "sync", recording_sync)
+    monkeypatch.setattr(nat.NativeSegment, "seal", recording_seal)
+    log = SegmentedLog.open(tmp_path, config(policy, segment_size=4096, flush_interval=0.01))
+    try:
+        for i in range(40):
+            log.append(b"s" * 500)
+        sealed = {s.native.path for s in log._segments[:-1]}
+        assert len(sealed) >= 3
+        deadline = time.monotonic() + 5.0  # liveness, not speed: generous
+        while not sealed <= synced and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert sealed <= synced, f"never synced: {sorted(sealed - synced)}"
+    finally:
+        log.close()
+
+
 def test_close_flushes(tmp_path, monkeypatch):
     synced = []
     real_sync = nat.NativeSegment.sync
