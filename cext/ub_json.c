@@ -507,3 +507,30 @@ int ub_json_validate(const uint8_t *buf, size_t len, int *is_array,
     }
     return UB_OK;
 }
+
+/* Length of the first n values of a stored JSON payload: the flattened values
+ * of one append, joined by ',' (what ub_json_flatten writes). A fork at a
+ * sub-offset keeps that prefix of the message it forks inside. */
+int ub_json_prefix(const uint8_t *buf, size_t len, uint32_t n, size_t *prefix_len)
+{
+    jparser p;
+
+    if ((!buf && len) || !prefix_len)
+        return UB_EINVAL;
+    init(&p, buf, len);
+    for (uint32_t k = 0; k < n; k++) {
+        if (k) {
+            if (p.pos >= p.len || p.buf[p.pos] != ',')
+                return p.pos >= p.len ? UB_ERANGE : UB_EJSON;
+            p.pos++;
+        }
+        p.pos = skip_ws(p.buf, p.pos, p.len);
+        if (p.pos >= p.len)
+            return UB_ERANGE;
+        if (scan_value(&p))
+            return UB_EJSON;
+        p.pos = skip_ws(p.buf, p.pos, p.len);
+    }
+    *prefix_len = p.pos;
+    return UB_OK;
+}

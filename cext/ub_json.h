@@ -28,4 +28,8 @@ int ub_json_flatten(const uint8_t *buf, size_t len, uint8_t *out,
 int ub_json_validate(const uint8_t *buf, size_t len, int *is_array,
                      uint32_t *count, size_t *err_pos);
 
+/* Byte length of the first n values of a stored payload (values joined by ','
+ * as ub_json_flatten writes them). UB_ERANGE when it holds fewer than n. */
+int ub_json_prefix(const uint8_t *buf, size_t len, uint32_t n, size_t *prefix_len);
+
 #endif

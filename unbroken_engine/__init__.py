@@ -1,6 +1,8 @@
 """Unbroken's storage engine: a C-accelerated, segmented, CRC-framed log.
 
-The public names::
+Two levels of API. Streams with the protocol's semantics (what the server
+serves): :class:`FileBackedStreamStore`, :class:`MemoryStreamStore`, or
+:class:`SyncStreamStore` around either. One log, the storage primitive::
 
     from unbroken_engine import SegmentedLog, LogConfig, Durability
 
@@ -32,6 +34,20 @@ from .log import (
     SegmentedLog,
 )
 from ._native import MAX_PAYLOAD, json_flatten, json_validate
+from .file_store import DEFAULT_DATA_DIR, FileBackedStreamStore
+from .memory_store import MemoryStreamStore
+from .offsets import NOW, START, format_offset, parse_offset
+from .producers import ProducerOutcome
+from .store import (
+    AppendOptions,
+    AppendResult,
+    CreateOptions,
+    CreateResult,
+    Producer,
+    StreamMeta,
+    StreamStore,
+)
+from .sync import SyncStreamStore
 
 __version__ = "0.1.0"
 
@@ -40,4 +56,7 @@ __all__ = [
     "OffsetGone", "RecordTooLarge", "StorageFull", "StorageIOError", "UnbrokenError",
     "Durability", "LogConfig", "ReadResult", "Record", "RecordType", "RecoveryReport",
     "SegmentedLog", "MAX_PAYLOAD", "json_flatten", "json_validate", "__version__",
+    "DEFAULT_DATA_DIR", "FileBackedStreamStore", "MemoryStreamStore", "NOW", "START",
+    "format_offset", "parse_offset", "ProducerOutcome", "AppendOptions", "AppendResult",
+    "CreateOptions", "CreateResult", "Producer", "StreamMeta", "StreamStore", "SyncStreamStore",
 ]

@@ -190,6 +190,19 @@ def json_validate(data) -> tuple[bool, int]:
     return bool(is_array[0]), count[0]
 
 
+def json_prefix(payload, n: int) -> bytes:
+    """The first ``n`` values of a stored JSON payload (values joined by ',').
+
+    :raises InvalidOffset: the payload holds fewer than ``n`` values
+    """
+    out = ffi.new("size_t *")
+    rc = lib.ub_json_prefix(ffi.from_buffer(payload), len(payload), n, out)
+    if rc == lib.UB_ERANGE:
+        raise errors.InvalidOffset(n, "sub-offset past the message's values")
+    check(rc, "split JSON payload")
+    return bytes(payload[:out[0]])
+
+
 # ---- segments ---------------------------------------------------------------
 
 @dataclass(frozen=True)

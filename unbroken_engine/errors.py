@@ -125,3 +125,122 @@ class LogClosedError(UnbrokenError):
 
 
 ClosedSegmentError = LogClosedError
+
+
+# ---- stream-level errors (the stores) ----------------------------------------
+
+class StreamNotFound(UnbrokenError, KeyError):
+    """No stream at this path (never created, deleted, or expired)."""
+
+    status_hint = 404
+
+    def __init__(self, path: str):
+        super().__init__(f"stream not found: {path!r}")
+        self.path = path
+
+    def __str__(self):  # KeyError would repr() the message
+        return self.args[0]
+
+
+class StreamSoftDeleted(UnbrokenError):
+    """The stream was deleted while forks still read its data: it is gone for
+    every direct operation, and its path cannot be re-created until the last
+    fork goes."""
+
+    status_hint = 410
+
+    def __init__(self, path: str):
+        super().__init__(f"stream was deleted (its data is kept for forks): {path!r}")
+        self.path = path
+
+
+class ConfigMismatch(UnbrokenError):
+    """A create found the stream already there with a different configuration."""
+
+    status_hint = 409
+
+
+class InvalidStreamPath(UnbrokenError, ValueError):
+    """A stream path the store refuses (empty, too long, NUL, not UTF-8, ...)."""
+
+    status_hint = 400
+
+
+class InvalidRequest(UnbrokenError, ValueError):
+    """A request whose parameters contradict each other or the protocol."""
+
+    status_hint = 400
+
+
+class ContentTypeMismatch(UnbrokenError):
+    """An append whose content type is not the stream's."""
+
+    status_hint = 409
+
+    def __init__(self, expected: str, received: str):
+        super().__init__(f"content type {received!r} does not match the stream's {expected!r}")
+        self.expected = expected
+        self.received = received
+
+
+class EmptyBody(UnbrokenError, ValueError):
+    """An append with no bytes (and no close)."""
+
+    status_hint = 400
+
+
+class StreamClosed(UnbrokenError):
+    """The stream is closed: nothing more can be appended.
+
+    :ivar next_offset: the stream's final tail offset (an int position)
+    """
+
+    status_hint = 409
+
+    def __init__(self, path: str, next_offset: int):
+        super().__init__(f"stream is closed: {path!r}")
+        self.path = path
+        self.next_offset = next_offset
+
+
+class SequenceConflict(UnbrokenError):
+    """A ``Stream-Seq`` that is not greater than the last one appended."""
+
+    status_hint = 409
+
+    def __init__(self, last: str, received: str):
+        super().__init__(f"Stream-Seq {received!r} is not greater than the last, {last!r}")
+        self.last = last
+        self.received = received
+
+
+class StaleEpoch(UnbrokenError):
+    """A producer epoch older than the stream's (a fenced zombie producer)."""
+
+    status_hint = 403
+
+    def __init__(self, current_epoch: int):
+        super().__init__(f"stale producer epoch; current epoch is {current_epoch}")
+        self.current_epoch = current_epoch
+
+
+class InvalidEpochSeq(UnbrokenError, ValueError):
+    """A new producer epoch whose first seq is not 0."""
+
+    status_hint = 400
+
+    def __init__(self, epoch: int, seq: int):
+        super().__init__(f"producer epoch {epoch} must start at seq 0, not {seq}")
+        self.epoch = epoch
+        self.seq = seq
+
+
+class ProducerSeqGap(UnbrokenError):
+    """A producer seq that skips ahead of the next expected one."""
+
+    status_hint = 409
+
+    def __init__(self, expected: int, received: int):
+        super().__init__(f"producer seq gap: expected {expected}, received {received}")
+        self.expected = expected
+        self.received = received

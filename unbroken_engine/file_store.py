@@ -1,0 +1,229 @@
+"""FileBackedStreamStore: the default store, one directory of segments per stream.
+
+Layout of a data directory (default ``.onepipe/streams/``)::
+
+    <data dir>/
+      flows%2Forders/              one folder per stream (layout.stream_dir_name)
+        meta.msgpack               path, content type, TTL/expiry, fork, soft delete
+        00000000000000000000.seg   the stream's SegmentedLog
+      .tmp-<id>/                   a stream being created (removed at open)
+      .trash-<id>/                 a stream being removed (removed at open)
+
+A stream is never half-created: its log (initial data included) and meta are
+written and synced in a temporary folder, which is then renamed into place and
+the data directory synced. Producer state, Stream-Seq and closure live in the
+log's records and are rebuilt from them on open, so they can never disagree
+with the data.
+
+Opening a data directory recovers every stream (torn tails cut, indexes
+rebuilt) and reports what it found in :attr:`FileBackedStreamStore.recovery`;
+a damaged stream is reported and refused (its operations raise the
+:class:`~unbroken_engine.errors.CorruptSegment` found), the others are served.
+
+Blocking work at creation (fsyncs) runs in a worker thread; appends write into
+the mapped segment on the event loop and wait for their flush in a worker
+thread (group commit).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import anyio
+import msgpack
+
+from . import errors, layout
+from .log import Durability, LogConfig, SegmentedLog
+from .store import StoreRecovery
+from .streams import BaseStreamStore, Stream, _Requested
+
+log = logging.getLogger("unbroken")
+
+DEFAULT_DATA_DIR = ".onepipe/streams"
+META_VERSION = 1
+
+
+class FileBackedStreamStore(BaseStreamStore):
+    """Streams in segment files under ``data_dir``; recovers them on construction.
+
+    :param data_dir: created if missing
+    :param config: segment size, index interval and durability of every stream
+        (``Durability.ALWAYS`` by default: an append returns once on disk)
+    :param clock: wall-clock seconds, injectable for tests
+    """
+
+    kind = "file"
+
+    def __init__(self, data_dir=DEFAULT_DATA_DIR, config: LogConfig | None = None, *,
+                 clock=time.time):
+        super().__init__(clock=clock)
+        self.data_dir = Path(data_dir)
+        self.config = config or LogConfig()
+        self._always = self.config.durability is Durability.ALWAYS
+        self._damaged: dict[str, errors.UnbrokenError] = {}
+        self.recovery = self._recover()
+        log.info("unbroken: %s: %s", self.data_dir, self.recovery.summary())
+
+    # ---- recovery -------------------------------------------------------------------
+
+    def _recover(self) -> StoreRecovery:
+        t0 = time.perf_counter()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for entry in self.data_dir.iterdir():
+            if entry.name.startswith((".tmp-", ".trash-")):
+                shutil.rmtree(entry, ignore_errors=True)
+        cut = rebuilt = 0
+        metas: dict[str, dict] = {}
+        for entry in sorted(self.data_dir.iterdir()):
+            if not entry.is_dir() or not layout.is_stream_dir_name(entry.name):
+                continue
+            try:
+                meta = _read_meta(entry)
+                slog = SegmentedLog.open(entry, self.config)
+            except (errors.UnbrokenError, OSError, ValueError, KeyError) as exc:
+                self._damaged[_path_hint(entry)] = _as_unbroken(exc, entry)
+                continue
+            cut += slog.recovery.bytes_cut
+            rebuilt += slog.recovery.indexes_rebuilt
+            s = self._stream_from(meta, slog, entry)
+            self._streams[s.path] = s
+            metas[s.path] = meta
+        self._link_forks(metas)
+        return StoreRecovery(len(self._streams), cut, rebuilt,
+                             {p: str(e) for p, e in self._damaged.items()},
+                             time.perf_counter() - t0)
+
+    def _stream_from(self, meta: dict, slog: SegmentedLog, folder: Path) -> Stream:
+        req = meta["requested"]
+        fork = meta.get("fork")
+        expires = _parse_time(meta["expires_at"])
+        requested = _Requested(req["content_type"], req["ttl"], _parse_time(req["expires_at"]),
+                               fork["from"] if fork else None, fork["offset"] if fork else None,
+                               fork["sub_offset"] if fork else 0)
+        s = Stream(meta["path"], meta["content_type"], slog, ttl=meta["ttl"], expires_at=expires,
+                   created_at=meta["created_at"], requested=requested,
+                   fork_offset=fork["offset"] if fork else None, handle=folder)
+        s.soft_deleted = bool(meta.get("soft_deleted"))
+        # sliding TTL: the last write we can prove (reads are not recorded)
+        s.last_access = max(s.created_at, _newest_mtime(folder))
+        for rec in slog.records():
+            s.apply(rec.type, rec.attrs, rec.next_offset)
+        return s
+
+    def _link_forks(self, metas: dict[str, dict]) -> None:
+        for path, meta in metas.items():
+            fork = meta.get("fork")
+            if not fork:
+                continue
+            s, source = self._streams[path], self._streams.get(fork["from"])
+            if source is None:
+                self._streams.pop(path)
+                self._damaged[path] = errors.CorruptSegment(
+                    s.handle, 0, f"fork source {fork['from']!r} is missing")
+                s.log.close()
+                continue
+            s.source = source
+            source.refs += 1
+        for s in list(self._streams.values()):
+            if s.soft_deleted and s.refs == 0 and not s.removed:
+                self._remove(s)
+
+    # ---- hooks ------------------------------------------------------------------------
+
+    def _visible_end(self, s: Stream) -> int:
+        return s.log.durable_offset if self._always else s.log.end_offset
+
+    def _lookup(self, path: str, *, touch: bool = False, soft_ok: bool = False) -> Stream:
+        damage = self._damaged.get(path)
+        if damage is not None:
+            raise damage
+        return super()._lookup(path, touch=touch, soft_ok=soft_ok)
+
+    async def _build(self, path, content_type, base_offset, records, meta):
+        folder = self.data_dir / layout.stream_dir_name(path)
+        await anyio.to_thread.run_sync(self._build_files, folder, base_offset, records, meta)
+        return SegmentedLog.open(folder, self.config), folder
+
+    def _build_files(self, folder: Path, base_offset: int, records, meta: dict) -> None:
+        tmp = self.data_dir / f".tmp-{uuid.uuid4().hex}"
+        try:
+            with SegmentedLog.open(tmp, self.config, base_offset=base_offset) as slog:
+                for payload, attrs, kind, count in records:
+                    slog.write(payload, attrs, kind, count)
+                slog.sync()
+            _write_meta(tmp, meta)
+            if folder.exists():  # left by a crash before its removal finished
+                self._trash(folder)
+            os.rename(tmp, folder)
+            layout.fsync_dir(self.data_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _save_meta(self, s: Stream) -> None:
+        meta = _read_meta(s.handle)
+        meta["soft_deleted"] = s.soft_deleted
+        _write_meta(s.handle, meta)
+
+    def _destroy(self, s: Stream) -> None:
+        s.log.close()
+        self._trash(s.handle)
+
+    def _trash(self, folder: Path) -> None:
+        trash = self.data_dir / f".trash-{uuid.uuid4().hex}"
+        os.rename(folder, trash)
+        layout.fsync_dir(self.data_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+# ---- meta file ------------------------------------------------------------------------
+
+def _write_meta(folder: Path, meta: dict) -> None:
+    """Write ``meta.msgpack`` atomically and durably (temp file, fsync, rename)."""
+    data = msgpack.packb({"version": META_VERSION, **meta})
+    tmp = folder / (layout.META_NAME + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / layout.META_NAME)
+    layout.fsync_dir(folder)
+
+
+def _read_meta(folder: Path) -> dict:
+    with open(folder / layout.META_NAME, "rb") as f:
+        meta = msgpack.unpackb(f.read())
+    if not isinstance(meta, dict) or meta.get("version") != META_VERSION:
+        raise ValueError(f"unsupported or damaged meta file in {folder}")
+    if layout.stream_dir_name(meta["path"]) != folder.name:
+        raise ValueError(f"meta file in {folder} names another stream ({meta['path']!r})")
+    return meta
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _newest_mtime(folder: Path) -> float:
+    return max((e.stat().st_mtime for e in folder.iterdir() if e.name.endswith(".seg")),
+               default=0.0)
+
+
+def _path_hint(folder: Path) -> str:
+    """The stream path of a damaged folder (from its meta if readable)."""
+    try:
+        with open(folder / layout.META_NAME, "rb") as f:
+            return msgpack.unpackb(f.read())["path"]
+    except Exception:  # noqa: BLE001 - damaged: fall back to the folder name
+        return folder.name
+
+
+def _as_unbroken(exc: Exception, folder: Path) -> errors.UnbrokenError:
+    if isinstance(exc, errors.UnbrokenError):
+        return exc
+    return errors.CorruptSegment(folder, 0, f"unreadable stream folder: {exc}")

@@ -1,0 +1,52 @@
+"""StreamNotifier: wakes live readers (long-poll, SSE) when a stream changes.
+
+One anyio Event per stream path that somebody waits on; ``notify`` sets it and
+forgets it, so the next waiter gets a fresh one. Waiters re-check the stream
+after waking: a notification says "look again", never what changed. No
+polling anywhere. Every store owns one; the Redis and PostgreSQL stores feed
+it from their cross-process channels.
+
+Not thread-safe: call it from the event loop that owns the store.
+"""
+from __future__ import annotations
+
+import anyio
+
+
+class StreamNotifier:
+    """Per-path change notification for tasks of one event loop."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, anyio.Event] = {}
+
+    def notify(self, path: str) -> None:
+        """Wake every task waiting on ``path`` (an append, a close, a delete)."""
+        event = self._events.pop(path, None)
+        if event is not None:
+            event.set()
+
+    def notify_all(self) -> None:
+        """Wake every waiter (shutdown: live readers end cleanly)."""
+        events, self._events = self._events, {}
+        for event in events.values():
+            event.set()
+
+    async def wait(self, path: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a notification on ``path``.
+
+        Callers check the stream, then call this without awaiting anything in
+        between, so no notification can fall between the check and the wait.
+
+        :return: True when notified, False on timeout
+        """
+        event = self._events.get(path)
+        if event is None:
+            event = self._events[path] = anyio.Event()
+        with anyio.move_on_after(timeout):
+            await event.wait()
+            return True
+        return False
+
+    def waiting(self) -> int:
+        """Number of paths somebody is waiting on (for tests and /health)."""
+        return len(self._events)

@@ -1,0 +1,525 @@
+"""BaseStreamStore: every rule of the protocol, once, for the in-process stores.
+
+The memory and file-backed stores differ only in where a stream's log lives
+and how its metadata is kept; they subclass this and fill in a handful of
+hooks (``_new_log``, ``_commit_new``, ``_save_meta``, ``_destroy``). All
+protocol decisions -- config matching, producer fencing, Stream-Seq, closing,
+JSON flattening, forks and their reference counts, soft delete, TTL -- are
+made here.
+
+Atomicity. An append is validated and written into the log with no ``await``
+in between, so appends to a stream are serialized by the event loop, and the
+record it writes carries the producer's (id, epoch, seq), the Stream-Seq and
+the close in its attrs and type: the data and the state it implies are one
+write, and recovery rebuilds the state from the log. The append then waits
+for durability (group commit) and only then wakes live readers.
+
+Visibility. Under ``always`` durability, readers see the log up to its durable
+offset only: a reader never sees data a crash could take back, and the tail
+a HEAD reports is one an append has acknowledged.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgpack
+
+from . import _native as nat
+from . import errors
+from .log import RecordType
+from .media import is_json, media_type
+from .notify import StreamNotifier
+from .offsets import NOW, START
+from .producers import ProducerOutcome, ProducerState, validate
+from .store import (
+    DEFAULT_CONTENT_TYPE,
+    DEFAULT_READ_CHUNK,
+    MAX_PATH_BYTES,
+    AppendOptions,
+    AppendResult,
+    CreateOptions,
+    CreateResult,
+    ReadResult,
+    StreamMeta,
+    StreamStore,
+)
+
+_CLOSERS = (RecordType.DATA_CLOSE, RecordType.CLOSE)
+
+
+def check_path(path: str) -> str:
+    """Validate a stream path: 1..MAX_PATH_BYTES of UTF-8, no NUL or other C0
+    control characters, no empty, ``.`` or ``..`` segments.
+
+    :raises InvalidStreamPath: with the reason
+    """
+    if not isinstance(path, str) or not path:
+        raise errors.InvalidStreamPath("empty stream path")
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise errors.InvalidStreamPath("stream path is not valid UTF-8") from None
+    if size > MAX_PATH_BYTES:
+        raise errors.InvalidStreamPath(f"stream path longer than {MAX_PATH_BYTES} bytes")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        raise errors.InvalidStreamPath("control character in stream path")
+    if any(seg in ("", ".", "..") for seg in path.split("/")):
+        raise errors.InvalidStreamPath("empty, '.' or '..' segment in stream path")
+    return path
+
+
+@dataclass(frozen=True)
+class _Requested:
+    """What a create asked for, kept to judge a later identical create."""
+
+    media: str | None
+    ttl: int | None
+    expires_at: datetime | None
+    fork_from: str | None
+    fork_offset: int | None
+    fork_sub_offset: int
+
+
+class Stream:
+    """A stream's live state (one per path, owned by the store)."""
+
+    __slots__ = ("path", "content_type", "media", "json", "ttl", "expires_at", "created_at",
+                 "last_access", "log", "producers", "last_seq", "closed_at", "source",
+                 "fork_offset", "refs", "soft_deleted", "requested", "handle", "removed")
+
+    def __init__(self, path: str, content_type: str, log, *, ttl=None, expires_at=None,
+                 created_at: float, requested: _Requested, source: "Stream | None" = None,
+                 fork_offset: int | None = None, handle=None):
+        self.path = path
+        self.content_type = content_type
+        self.media = media_type(content_type)
+        self.json = is_json(content_type)
+        self.ttl = ttl
+        self.expires_at = expires_at
+        self.created_at = created_at
+        self.last_access = created_at
+        self.log = log
+        self.producers: dict[str, ProducerState] = {}
+        self.last_seq: str | None = None
+        self.closed_at: int | None = None  # end offset of the close record
+        self.source = source
+        self.fork_offset = fork_offset
+        self.refs = 0  # live forks reading through this stream
+        self.soft_deleted = False
+        self.requested = requested
+        self.handle = handle  # the backend's own (e.g. the directory)
+        self.removed = False
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_at is not None
+
+    def start_offset(self) -> int:
+        """Where a read from the beginning starts (a fork's root's start)."""
+        return self.source.start_offset() if self.source is not None else self.log.start_offset
+
+    def apply(self, rec_type: RecordType, attrs: bytes, end: int) -> None:
+        """Update producer state, Stream-Seq and closure from one record (the
+        same function serves appends and recovery)."""
+        if attrs:
+            fields = msgpack.unpackb(attrs)
+            p = fields.get("p")
+            if p is not None:
+                self.producers[p[0]] = ProducerState(p[1], p[2])
+            if "s" in fields:
+                self.last_seq = fields["s"]
+        if rec_type in _CLOSERS:
+            self.closed_at = end
+
+
+def record_attrs(producer, seq: str | None) -> bytes:
+    """The msgpack attrs a record carries: producer (id, epoch, seq) and Stream-Seq."""
+    fields = {}
+    if producer is not None:
+        fields["p"] = [producer.id, producer.epoch, producer.seq]
+    if seq is not None:
+        fields["s"] = seq
+    return msgpack.packb(fields) if fields else b""
+
+
+class BaseStreamStore(StreamStore):
+    """The protocol on top of per-stream logs. Subclasses provide the logs.
+
+    :param clock: wall-clock seconds (``time.time``); injectable for tests
+    """
+
+    kind = "base"
+
+    def __init__(self, *, clock=time.time):
+        self._streams: dict[str, Stream] = {}
+        self._notifier = StreamNotifier()
+        self._clock = clock
+        self._closed = False
+        self._lock = None  # created lazily: anyio locks belong to a running loop
+
+    # ---- hooks for subclasses ----------------------------------------------------
+
+    def _visible_end(self, s: Stream) -> int:
+        """Offset up to which readers may see a stream's own log."""
+        return s.log.end_offset
+
+    async def _build(self, path: str, content_type: str, base_offset: int,
+                     records: list[tuple], meta: dict):
+        """Create a stream's log holding ``records`` (``(payload, attrs, type,
+        msg_count)``), durably, and return ``(log, handle)``."""
+        raise NotImplementedError
+
+    def _save_meta(self, s: Stream) -> None:
+        """Persist metadata that changed after creation (soft delete)."""
+
+    def _destroy(self, s: Stream) -> None:
+        """Release and remove a stream's storage."""
+        s.log.close()
+
+    # ---- lookups, expiry, removal -------------------------------------------------
+
+    def _is_expired(self, s: Stream, now: float) -> bool:
+        if s.expires_at is not None:
+            return now >= s.expires_at.timestamp()
+        return s.ttl is not None and now >= s.last_access + s.ttl
+
+    def _lookup(self, path: str, *, touch: bool = False, soft_ok: bool = False) -> Stream:
+        if self._closed:
+            raise errors.LogClosedError("store is closed")
+        s = self._streams.get(path)
+        if s is not None and not s.soft_deleted and self._is_expired(s, self._clock()):
+            self._expire(s)
+            s = self._streams.get(path)
+        if s is None:
+            raise errors.StreamNotFound(path)
+        if s.soft_deleted and not soft_ok:
+            raise errors.StreamSoftDeleted(path)
+        if touch:
+            s.last_access = self._clock()
+        return s
+
+    def _expire(self, s: Stream) -> None:
+        """An expired stream goes; with live forks it is soft-deleted instead."""
+        if s.refs > 0:
+            s.soft_deleted = True
+            self._save_meta(s)
+            self._notifier.notify(s.path)
+        else:
+            self._remove(s)
+
+    def _remove(self, s: Stream) -> None:
+        """Forget a stream and release its source; a soft-deleted source whose
+        last fork this was goes too (up the chain)."""
+        while s is not None:
+            self._streams.pop(s.path, None)
+            s.removed = True
+            self._notifier.notify(s.path)
+            self._destroy(s)
+            src = s.source
+            if src is None:
+                return
+            src.refs -= 1
+            s = src if (src.soft_deleted and src.refs == 0) else None
+
+    def _meta(self, s: Stream) -> StreamMeta:
+        return StreamMeta(s.path, s.content_type, self._visible_end(s),
+                          self._closed_visible(s), s.created_at, s.ttl, s.expires_at)
+
+    def _closed_visible(self, s: Stream) -> bool:
+        return s.closed_at is not None and self._visible_end(s) >= s.closed_at
+
+    # ---- create ---------------------------------------------------------------------
+
+    def _structure_lock(self):
+        if self._lock is None:
+            import anyio
+            self._lock = anyio.Lock()
+        return self._lock
+
+    async def create(self, path: str, options: CreateOptions = CreateOptions()) -> CreateResult:
+        check_path(path)
+        o = options
+        if o.ttl is not None and o.expires_at is not None:
+            raise errors.InvalidRequest("Stream-TTL and Stream-Expires-At are exclusive")
+        if o.ttl is not None and o.ttl < 0:
+            raise errors.InvalidRequest("Stream-TTL must not be negative")
+        if o.fork_sub_offset < 0:
+            raise errors.InvalidRequest("fork sub-offset must not be negative")
+        if o.fork_from is None and (o.fork_offset is not None or o.fork_sub_offset):
+            raise errors.InvalidRequest("a fork offset needs a fork source")
+        async with self._structure_lock():
+            existing = self._existing(path)
+            if existing is not None:
+                self._check_same_config(existing, o)
+                return CreateResult(False, self._meta(existing))
+            return await self._create_new(path, o)
+
+    def _existing(self, path: str) -> Stream | None:
+        try:
+            s = self._lookup(path, soft_ok=True)
+        except errors.StreamNotFound:
+            return None
+        if s.soft_deleted:
+            raise errors.ConfigMismatch(f"stream {path!r} was deleted and still has forks")
+        return s
+
+    def _check_same_config(self, s: Stream, o: CreateOptions) -> None:
+        req = s.requested
+        if o.content_type is not None:
+            wanted = media_type(o.content_type)
+        elif o.fork_from is not None and req.fork_from is not None:
+            wanted = s.media  # a fork without a type inherits its source's
+        else:
+            wanted = media_type(DEFAULT_CONTENT_TYPE)
+        differs = [name for name, same in (
+            ("content type", wanted == s.media),
+            ("Stream-TTL", o.ttl == req.ttl),
+            ("Stream-Expires-At", o.expires_at == req.expires_at),
+            ("fork source", o.fork_from == req.fork_from),
+            ("fork offset", o.fork_offset is None or o.fork_offset == s.fork_offset),
+            ("fork sub-offset", o.fork_sub_offset == req.fork_sub_offset),
+        ) if not same]
+        if differs:
+            raise errors.ConfigMismatch(
+                f"stream {s.path!r} exists with a different " + ", ".join(differs))
+
+    async def _create_new(self, path: str, o: CreateOptions) -> CreateResult:
+        source = None
+        if o.fork_from is not None:
+            source = self._lookup(o.fork_from, soft_ok=True)
+            if source.soft_deleted:
+                raise errors.ConfigMismatch(f"fork source {o.fork_from!r} was deleted")
+        if o.content_type is not None:
+            content_type = o.content_type
+        else:
+            content_type = source.content_type if source is not None else DEFAULT_CONTENT_TYPE
+        if source is not None and media_type(content_type) != source.media:
+            raise errors.ConfigMismatch(
+                f"content type {content_type!r} differs from the fork source's "
+                f"{source.content_type!r}")
+        records, base = [], 0
+        if source is not None:
+            base = self._visible_end(source) if o.fork_offset is None else o.fork_offset
+            self._check_fork_offset(source, base)
+            if o.fork_sub_offset:
+                records.append(self._fork_prefix(source, base, o.fork_sub_offset))
+        records.extend(self._initial_records(content_type, o.data, o.closed))
+        ttl, expires_at = o.ttl, o.expires_at
+        if source is not None and ttl is None and expires_at is None:
+            ttl, expires_at = source.ttl, source.expires_at
+        now = self._clock()
+        requested = _Requested(None if o.content_type is None else media_type(o.content_type),
+                               o.ttl, o.expires_at, o.fork_from, base if source else None,
+                               o.fork_sub_offset)
+        meta = {"path": path, "content_type": content_type, "ttl": ttl,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+                "created_at": now,
+                "requested": {"ttl": o.ttl, "expires_at":
+                              o.expires_at.isoformat() if o.expires_at else None,
+                              "content_type": requested.media},
+                "fork": None if source is None else {
+                    "from": source.path, "offset": base, "sub_offset": o.fork_sub_offset}}
+        log, handle = await self._build(path, content_type, base, records, meta)
+        s = Stream(path, content_type, log, ttl=ttl, expires_at=expires_at, created_at=now,
+                   requested=requested, source=source, fork_offset=base if source else None,
+                   handle=handle)
+        for rec in log.records():
+            s.apply(rec.type, rec.attrs, rec.next_offset)
+        self._streams[path] = s
+        if source is not None:
+            source.refs += 1
+        return CreateResult(True, self._meta(s))
+
+    def _initial_records(self, content_type: str, data: bytes, closed: bool) -> list[tuple]:
+        if data and is_json(content_type):
+            payload, count = nat.json_flatten(data)
+        else:
+            payload, count = bytes(data), (1 if data else 0)
+        if count:
+            kind = RecordType.DATA_CLOSE if closed else RecordType.DATA
+            return [(payload, b"", kind, count)]
+        return [(b"", b"", RecordType.CLOSE, 0)] if closed else []
+
+    def _check_fork_offset(self, s: Stream, offset: int) -> None:
+        """``offset`` must be a boundary in ``s``'s view (its own log, or the
+        inherited range of its source chain) and not beyond its tail."""
+        if offset < 0 or offset > self._visible_end(s):
+            raise errors.InvalidOffset(offset, "fork offset beyond the source's tail")
+        while s.source is not None and offset < s.fork_offset:
+            s = s.source
+        if offset >= s.log.start_offset or s.source is None:
+            s.log.check_offset(offset)
+
+    def _record_at(self, s: Stream, offset: int):
+        """The record starting at ``offset`` in ``s``'s view, or None at its end."""
+        while s.source is not None and offset < s.fork_offset:
+            s = s.source
+        for rec in s.log.records(offset):
+            if rec.offset < self._visible_end(s):
+                return rec
+            break
+        return None
+
+    def _fork_prefix(self, source: Stream, offset: int, n: int) -> tuple:
+        rec = self._record_at(source, offset)
+        while rec is not None and rec.msg_count == 0:  # a checkpoint or close
+            rec = self._record_at(source, rec.next_offset)
+        if rec is None:
+            raise errors.InvalidRequest("fork sub-offset: no message after the fork offset")
+        if source.json:
+            if n > rec.msg_count:
+                raise errors.InvalidRequest(
+                    f"fork sub-offset {n} past the message's {rec.msg_count} values")
+            return (nat.json_prefix(rec.payload, n), b"", RecordType.DATA, n)
+        if n > len(rec.payload):
+            raise errors.InvalidRequest(
+                f"fork sub-offset {n} past the message's {len(rec.payload)} bytes")
+        return (rec.payload[:n], b"", RecordType.DATA, 1)
+
+    # ---- metadata, append -------------------------------------------------------
+
+    async def get(self, path: str) -> StreamMeta:
+        return self._meta(self._lookup(path))
+
+    async def append(self, path: str, data: bytes,
+                     options: AppendOptions = AppendOptions()) -> AppendResult:
+        o = options
+        s = self._lookup(path, touch=True)
+        close_only = not data
+        if close_only and not o.close:
+            raise errors.EmptyBody("an append needs data (or a close)")
+        p = o.producer
+        if s.closed:
+            return self._append_to_closed(s, o, close_only)
+        if not close_only and o.content_type is not None and media_type(o.content_type) != s.media:
+            raise errors.ContentTypeMismatch(s.content_type, o.content_type)
+        outcome = None
+        if p is not None:
+            state = s.producers.get(p.id)
+            outcome = validate(state, p.epoch, p.seq)
+            if outcome is ProducerOutcome.DUPLICATE:
+                return AppendResult(self._visible_end(s), outcome, p.epoch, state.last_seq,
+                                    self._closed_visible(s))
+        if o.seq is not None and s.last_seq is not None and \
+                o.seq.encode("utf-8", "surrogatepass") <= s.last_seq.encode("utf-8", "surrogatepass"):
+            raise errors.SequenceConflict(s.last_seq, o.seq)
+        payload, count = data, (0 if close_only else 1)
+        if data and s.json:
+            payload, count = nat.json_flatten(data)
+            if count == 0:
+                raise errors.EmptyJSONArray("an empty JSON array appends nothing")
+        kind = RecordType.DATA if not o.close else (
+            RecordType.CLOSE if close_only else RecordType.DATA_CLOSE)
+        attrs = record_attrs(p, o.seq)
+        end = s.log.write(payload, attrs, kind, count)  # no await since the checks
+        s.apply(kind, attrs, end)
+        await s.log.wait_durable(end)
+        self._notifier.notify(path)
+        return AppendResult(end, outcome, p.epoch if p else None, p.seq if p else None, s.closed)
+
+    def _append_to_closed(self, s: Stream, o: AppendOptions, close_only: bool) -> AppendResult:
+        p = o.producer
+        end = self._visible_end(s)
+        if p is not None:
+            state = s.producers.get(p.id)
+            try:
+                if validate(state, p.epoch, p.seq) is ProducerOutcome.DUPLICATE:
+                    return AppendResult(end, ProducerOutcome.DUPLICATE, p.epoch,
+                                        state.last_seq, True)
+            except (errors.ProducerSeqGap, errors.InvalidEpochSeq):
+                pass  # a new request: the stream is closed to it
+        elif close_only:
+            return AppendResult(end, closed=True)  # closing again is idempotent
+        raise errors.StreamClosed(s.path, s.closed_at)
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    async def read(self, path: str, offset=None, max_bytes: int = DEFAULT_READ_CHUNK) -> ReadResult:
+        s = self._lookup(path, touch=True)
+        tail = self._visible_end(s)
+        if offset is NOW:
+            return ReadResult(b"[]" if s.json else b"", tail, True, self._closed_visible(s),
+                              s.content_type)
+        if offset is None or offset is START:
+            offset = s.start_offset()
+        if not isinstance(offset, int) or offset < 0 or offset > tail:
+            raise errors.InvalidOffset(offset, "beyond the tail of the stream")
+        parts, nxt = self._read_range(s, offset, max_bytes, tail)
+        if s.json:
+            data = b"[" + b",".join(parts) + b"]"
+        else:
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        up_to_date = nxt >= tail
+        return ReadResult(data, nxt, up_to_date, up_to_date and self._closed_visible(s),
+                          s.content_type)
+
+    def _read_range(self, s: Stream, offset: int, budget: int, until: int):
+        """Read ``s``'s view from ``offset`` up to ``until``: the inherited range
+        from its source chain, then its own log. :return: (parts, next offset);
+        JSON parts are array contents without brackets."""
+        parts: list = []
+        if s.source is not None and offset < s.fork_offset:
+            parts, offset = self._read_range(s.source, offset, budget,
+                                             min(until, s.fork_offset))
+            budget -= sum(len(x) for x in parts)
+            if offset < s.fork_offset or offset >= until or budget <= 0:
+                return parts, offset
+        if offset < s.log.start_offset and s.source is None:
+            raise errors.OffsetGone(offset, s.log.start_offset)
+        r = s.log.read(offset, budget, json=s.json, until=min(until, self._visible_end(s)))
+        data = r.data[1:-1] if s.json else r.data
+        if len(data):
+            parts.append(data)
+        return parts, r.next_offset
+
+    async def wait_for_messages(self, path: str, offset: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self._lookup(path)
+            if self._visible_end(s) > offset or self._closed_visible(s):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await self._notifier.wait(path, remaining):
+                return False
+
+    # ---- delete, list, sweep, close ------------------------------------------------------
+
+    async def delete(self, path: str) -> None:
+        async with self._structure_lock():
+            s = self._lookup(path)
+            if s.refs > 0:
+                s.soft_deleted = True
+                self._save_meta(s)
+                self._notifier.notify(path)
+            else:
+                self._remove(s)
+
+    async def list_streams(self, prefix: str = "") -> list[StreamMeta]:
+        now = self._clock()
+        return [self._meta(s) for path, s in sorted(self._streams.items())
+                if path.startswith(prefix) and not s.soft_deleted
+                and not self._is_expired(s, now)]
+
+    async def sweep(self) -> list[str]:
+        async with self._structure_lock():
+            now = self._clock()
+            gone = []
+            for s in list(self._streams.values()):
+                if not s.removed and not s.soft_deleted and self._is_expired(s, now):
+                    self._expire(s)
+                    gone.append(s.path)
+            return gone
+
+    def notify_all(self) -> None:
+        """Wake every live reader (shutdown)."""
+        self._notifier.notify_all()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._notifier.notify_all()
+        for s in list(self._streams.values()):
+            s.log.close()
