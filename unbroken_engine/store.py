@@ -257,6 +257,9 @@ class StreamStore(abc.ABC):
     async def sweep(self) -> list[str]:
         """Remove expired streams now. :return: the paths removed."""
 
+    def notify_all(self) -> None:
+        """Wake every live reader now (the server is shutting down)."""
+
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Flush and release everything; wakes every waiter."""

@@ -1,0 +1,175 @@
+"""Live reads: long-poll and Server-Sent Events.
+
+Both wait on the store's notifier (``wait_for_messages``), never poll.
+
+SSE framing (byte-exact, what clients and the conformance suite expect):
+``event: data`` then one ``data:`` line per line of the payload -- split on
+CRLF, CR and LF so a payload can never end an event or forge one -- then a
+blank line; after *every* data event a ``control`` event carrying
+``streamNextOffset``, ``streamCursor`` and ``upToDate``; each pair goes out in
+one write. Binary streams carry base64 (header ``Stream-SSE-Data-Encoding:
+base64``); ``text/*`` and JSON carry text. At the tail of a closed stream the
+last control says ``streamClosed`` (no cursor) and the response ends. The
+server also ends a response after ``sse_max_duration`` (about 60 s, for CDN
+collapsing) and on shutdown, each time after a final control event.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+
+import anyio
+
+from unbroken_engine import errors as e
+from unbroken_engine.media import is_text
+from unbroken_engine.offsets import NOW, START, format_offset
+
+from . import cors
+from . import headers as h
+from .cursor import next_cursor
+from .http import Response, StreamingResponse
+
+_LINES = re.compile(rb"\r\n|\r|\n")
+KEEPALIVE = b":\n\n"
+KEEPALIVE_EVERY = 15.0
+
+
+def has_payload(r) -> bool:
+    """Whether a read carries messages (a JSON read of nothing is ``[]``)."""
+    return len(r.data) > 0 and r.data != b"[]"
+
+
+async def long_poll(ctx, req, path: str, offset) -> Response:
+    """``live=long-poll``: data now, data within the timeout, or 204."""
+    from .handlers import read_response
+
+    store, chunk = ctx.store, ctx.config.read_chunk
+    cursor = next_cursor(req.param("cursor"))
+    if offset is NOW:
+        at, closed = (await store.get(path)).next_offset, False
+    else:
+        r = await store.read(path, offset, chunk)
+        if has_payload(r):
+            return read_response(req, path, req.param("offset"), r,
+                                 extra=[(h.STREAM_CURSOR, cursor)])
+        at, closed = r.next_offset, r.closed
+    deadline = time.monotonic() + ctx.config.long_poll_timeout
+    while not closed and not ctx.shutting_down:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not await wait(ctx, path, at, remaining):
+            break
+        r = await store.read(path, at, chunk)
+        if has_payload(r):
+            return read_response(req, path, format_offset(at), r,
+                                 extra=[(h.STREAM_CURSOR, cursor)])
+        at, closed = r.next_offset, r.closed
+    meta = await store.get(path)
+    headers = [*cors.COMMON, (h.STREAM_NEXT_OFFSET, format_offset(meta.next_offset)),
+               (h.STREAM_UP_TO_DATE, "true")]
+    if meta.closed:
+        headers.append((h.STREAM_CLOSED, "true"))
+    else:
+        headers.append((h.STREAM_CURSOR, cursor))
+    return Response(204, headers)
+
+
+# ---- SSE ---------------------------------------------------------------------------------------
+
+def data_event(payload: bytes, binary: bool) -> bytes:
+    """One ``event: data``; text split into safe ``data:`` lines."""
+    if binary:
+        lines = [base64.b64encode(payload)]
+    else:
+        lines = _LINES.split(payload)
+    return b"event: data\n" + b"".join(b"data:" + ln + b"\n" for ln in lines) + b"\n"
+
+
+def control_event(next_offset: int, cursor: str | None, up_to_date: bool,
+                  closed: bool = False) -> bytes:
+    """One ``event: control`` with the reader's position (a closing one carries
+    ``streamClosed`` and no cursor)."""
+    body = {"streamNextOffset": format_offset(next_offset)}
+    if closed:
+        body["streamClosed"] = True
+    else:
+        body["streamCursor"] = cursor
+    if up_to_date:
+        body["upToDate"] = True
+    return b"event: control\ndata:" + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def sse(ctx, req, path: str, offset) -> StreamingResponse:
+    """``live=sse``: catch up, then follow the stream until it closes."""
+    store = ctx.store
+    meta = await store.get(path)  # errors are plain HTTP, before the stream starts
+    binary = not is_text(meta.content_type)
+    if offset is NOW:
+        offset = meta.next_offset
+    elif offset is START:
+        offset = None
+    else:
+        await store.read(path, offset, 0)  # validate the offset now: a 400, not an event
+    headers = [*cors.COMMON, ("Content-Type", "text/event-stream"), cors.NO_CACHE,
+               ("Connection", "keep-alive")]
+    if binary:
+        headers.append((h.STREAM_SSE_DATA_ENCODING, "base64"))
+    return StreamingResponse(200, headers, _events(ctx, req, path, offset, binary))
+
+
+async def _events(ctx, req, path: str, offset, binary: bool):
+    store, cfg = ctx.store, ctx.config
+    cursor = req.param("cursor")
+    ends = time.monotonic() + cfg.sse_max_duration
+    announced = False
+    while True:
+        try:
+            r = await store.read(path, START if offset is None else offset, cfg.read_chunk)
+        except (e.StreamNotFound, e.StreamSoftDeleted):
+            return  # deleted while we followed it: end the response
+        offset = r.next_offset
+        cursor = next_cursor(cursor)
+        if has_payload(r):
+            # a data event and its control go out in one write; at the end of
+            # a closed stream the control is the closing one
+            yield data_event(bytes(r.data), binary) + control_event(
+                offset, cursor, r.up_to_date, r.closed)
+            announced = True
+            if r.closed:
+                return
+            continue
+        if r.closed:
+            yield control_event(offset, None, True, True)
+            return
+        if not announced:
+            yield control_event(offset, cursor, True)
+            announced = True
+        remaining = ends - time.monotonic()
+        if remaining <= 0 or ctx.shutting_down:
+            yield control_event(offset, next_cursor(cursor), True)
+            return
+        if not await wait(ctx, path, offset, min(remaining, KEEPALIVE_EVERY)):
+            yield KEEPALIVE  # finds a vanished client; ignored by SSE parsers
+
+
+async def wait(ctx, path: str, offset: int, timeout: float) -> bool:
+    """Wait for data after ``offset``, a close, or the server's shutdown."""
+    if ctx.shutdown_event is None:
+        return await ctx.store.wait_for_messages(path, offset, timeout)
+    result = False
+    async with anyio.create_task_group() as tg:
+        async def waiter():
+            nonlocal result
+            try:
+                result = await ctx.store.wait_for_messages(path, offset, timeout)
+            finally:
+                tg.cancel_scope.cancel()
+
+        async def stopper():
+            await ctx.shutdown_event.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(waiter)
+        tg.start_soon(stopper)
+    return result
