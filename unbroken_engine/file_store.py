@@ -46,6 +46,7 @@ log = logging.getLogger("unbroken")
 
 DEFAULT_DATA_DIR = ".onepipe/streams"
 META_VERSION = 1
+SNAPSHOT_NAME = "state.snapshot"
 
 
 class FileBackedStreamStore(BaseStreamStore):
@@ -111,7 +112,7 @@ class FileBackedStreamStore(BaseStreamStore):
         s.soft_deleted = bool(meta.get("soft_deleted"))
         # sliding TTL: the last write we can prove (reads are not recorded)
         s.last_access = max(s.created_at, _newest_mtime(folder))
-        for rec in slog.records():
+        for rec in slog.records(_snapshot_offset(s, slog, folder)):
             s.apply(rec.type, rec.attrs, rec.next_offset)
         return s
 
@@ -128,9 +129,9 @@ class FileBackedStreamStore(BaseStreamStore):
                 s.log.close()
                 continue
             s.source = source
-            source.refs += 1
+            source.forks.add(s)
         for s in list(self._streams.values()):
-            if s.soft_deleted and s.refs == 0 and not s.removed:
+            if s.soft_deleted and not s.forks and not s.removed:
                 self._remove(s)
 
     # ---- hooks ------------------------------------------------------------------------
@@ -174,6 +175,20 @@ class FileBackedStreamStore(BaseStreamStore):
         s.log.close()
         self._trash(s.handle)
 
+    def _snapshot(self, s: Stream) -> None:
+        """Write ``state.snapshot`` (no fsync: a torn or stale snapshot is only
+        ignored, and the state is replayed from the log instead)."""
+        if s.removed or s.log.end_offset == s.fork_offset:
+            return
+        data = msgpack.packb(s.state(s.log.end_offset))
+        tmp = s.handle / (SNAPSHOT_NAME + ".tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, s.handle / SNAPSHOT_NAME)
+            s.since_snapshot = 0
+        except OSError as exc:
+            log.warning("unbroken: could not write a state snapshot for %s: %s", s.path, exc)
+
     def _trash(self, folder: Path) -> None:
         trash = self.data_dir / f".trash-{uuid.uuid4().hex}"
         os.rename(folder, trash)
@@ -207,6 +222,22 @@ def _read_meta(folder: Path) -> dict:
 
 def _parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
+
+
+def _snapshot_offset(s: Stream, slog: SegmentedLog, folder: Path) -> int | None:
+    """Restore ``s`` from its state snapshot if that is trustworthy (a record
+    boundary within the recovered log); :return: where to replay from."""
+    try:
+        state = msgpack.unpackb((folder / SNAPSHOT_NAME).read_bytes())
+        offset = state["offset"]
+        if not isinstance(offset, int) or offset > slog.end_offset or offset < slog.start_offset:
+            return None
+        slog.check_offset(offset)
+        s.restore(state)
+        return offset
+    except (OSError, ValueError, KeyError, TypeError, errors.UnbrokenError,
+            msgpack.UnpackException):
+        return None
 
 
 def _newest_mtime(folder: Path) -> float:

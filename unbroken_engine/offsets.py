@@ -34,7 +34,7 @@ START = _Sentinel("START")
 #: the current tail of a stream (wire form ``now``)
 NOW = _Sentinel("NOW")
 
-_WIRE = re.compile(r"\A(\d{16})_(\d{16})\Z")
+_WIRE = re.compile(r"([0-9]{16})_([0-9]{16})")
 _MAX = 10**16 - 1
 
 
@@ -60,7 +60,7 @@ def parse_offset(text: str | None):
         return START
     if text == "now":
         return NOW
-    m = _WIRE.match(text)
+    m = _WIRE.fullmatch(text)
     if m is None or m.group(1) != "0" * 16:
         raise InvalidOffset(text[:64], "malformed offset")
     return int(m.group(2))

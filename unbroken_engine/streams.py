@@ -87,7 +87,8 @@ class Stream:
 
     __slots__ = ("path", "content_type", "media", "json", "ttl", "expires_at", "created_at",
                  "last_access", "log", "producers", "last_seq", "closed_at", "source",
-                 "fork_offset", "refs", "soft_deleted", "requested", "handle", "removed")
+                 "fork_offset", "forks", "soft_deleted", "requested", "handle", "removed",
+                 "since_snapshot")
 
     def __init__(self, path: str, content_type: str, log, *, ttl=None, expires_at=None,
                  created_at: float, requested: _Requested, source: "Stream | None" = None,
@@ -106,15 +107,33 @@ class Stream:
         self.closed_at: int | None = None  # end offset of the close record
         self.source = source
         self.fork_offset = fork_offset
-        self.refs = 0  # live forks reading through this stream
+        self.forks: set[Stream] = set()  # forks reading through this stream
         self.soft_deleted = False
         self.requested = requested
         self.handle = handle  # the backend's own (e.g. the directory)
         self.removed = False
+        self.since_snapshot = 0  # appends since the last state snapshot
 
     @property
     def closed(self) -> bool:
         return self.closed_at is not None
+
+    @property
+    def refs(self) -> int:
+        """How many forks read through this stream."""
+        return len(self.forks)
+
+    def state(self, offset: int) -> dict:
+        """The state the log implies up to ``offset``, for a snapshot."""
+        return {"offset": offset, "last_seq": self.last_seq, "closed_at": self.closed_at,
+                "producers": {k: [v.epoch, v.last_seq] for k, v in self.producers.items()}}
+
+    def restore(self, state: dict) -> int:
+        """Load a snapshot made by :meth:`state`; :return: its offset."""
+        self.last_seq = state["last_seq"]
+        self.closed_at = state["closed_at"]
+        self.producers = {k: ProducerState(v[0], v[1]) for k, v in state["producers"].items()}
+        return state["offset"]
 
     def start_offset(self) -> int:
         """Where a read from the beginning starts (a fork's root's start)."""
@@ -178,6 +197,12 @@ class BaseStreamStore(StreamStore):
         """Release and remove a stream's storage."""
         s.log.close()
 
+    def _snapshot(self, s: Stream) -> None:
+        """Save the state the log implies, so a restart need not replay it all."""
+
+    #: appends between state snapshots (recovery replays at most this many)
+    SNAPSHOT_EVERY = 4096
+
     # ---- lookups, expiry, removal -------------------------------------------------
 
     def _is_expired(self, s: Stream, now: float) -> bool:
@@ -200,9 +225,17 @@ class BaseStreamStore(StreamStore):
             s.last_access = self._clock()
         return s
 
+    def _has_live_forks(self, s: Stream) -> bool:
+        """Whether forks still read through ``s`` (expired ones are let go first)."""
+        now = self._clock()
+        for fork in list(s.forks):
+            if not fork.soft_deleted and self._is_expired(fork, now):
+                self._expire(fork)
+        return bool(s.forks)
+
     def _expire(self, s: Stream) -> None:
         """An expired stream goes; with live forks it is soft-deleted instead."""
-        if s.refs > 0:
+        if self._has_live_forks(s):
             s.soft_deleted = True
             self._save_meta(s)
             self._notifier.notify(s.path)
@@ -220,8 +253,8 @@ class BaseStreamStore(StreamStore):
             src = s.source
             if src is None:
                 return
-            src.refs -= 1
-            s = src if (src.soft_deleted and src.refs == 0) else None
+            src.forks.discard(s)
+            s = src if (src.soft_deleted and not src.forks and not src.removed) else None
 
     def _meta(self, s: Stream) -> StreamMeta:
         return StreamMeta(s.path, s.content_type, self._visible_end(s),
@@ -329,7 +362,7 @@ class BaseStreamStore(StreamStore):
             s.apply(rec.type, rec.attrs, rec.next_offset)
         self._streams[path] = s
         if source is not None:
-            source.refs += 1
+            source.forks.add(s)
         return CreateResult(True, self._meta(s))
 
     def _initial_records(self, content_type: str, data: bytes, closed: bool) -> list[tuple]:
@@ -392,6 +425,7 @@ class BaseStreamStore(StreamStore):
             raise errors.EmptyBody("an append needs data (or a close)")
         p = o.producer
         if s.closed:
+            await self._settled(s)  # report the tail the closing append acknowledged
             return self._append_to_closed(s, o, close_only)
         if not close_only and o.content_type is not None and media_type(o.content_type) != s.media:
             raise errors.ContentTypeMismatch(s.content_type, o.content_type)
@@ -400,6 +434,7 @@ class BaseStreamStore(StreamStore):
             state = s.producers.get(p.id)
             outcome = validate(state, p.epoch, p.seq)
             if outcome is ProducerOutcome.DUPLICATE:
+                await self._settled(s)  # the original may still be on its way to disk
                 return AppendResult(self._visible_end(s), outcome, p.epoch, state.last_seq,
                                     self._closed_visible(s))
         if o.seq is not None and s.last_seq is not None and \
@@ -415,9 +450,24 @@ class BaseStreamStore(StreamStore):
         attrs = record_attrs(p, o.seq)
         end = s.log.write(payload, attrs, kind, count)  # no await since the checks
         s.apply(kind, attrs, end)
-        await s.log.wait_durable(end)
+        s.since_snapshot += 1
+        if s.since_snapshot >= self.SNAPSHOT_EVERY:
+            self._snapshot(s)
+        await self._settled(s, end)
         self._notifier.notify(path)
         return AppendResult(end, outcome, p.epoch if p else None, p.seq if p else None, s.closed)
+
+    async def _settled(self, s: Stream, offset: int | None = None) -> None:
+        """Wait until ``s``'s log is durable up to ``offset`` (default: its end).
+
+        :raises StreamNotFound: the stream was deleted meanwhile
+        """
+        try:
+            await s.log.wait_durable(s.log.end_offset if offset is None else offset)
+        except errors.LogClosedError:
+            if s.removed:
+                raise errors.StreamNotFound(s.path) from None
+            raise
 
     def _append_to_closed(self, s: Stream, o: AppendOptions, close_only: bool) -> AppendResult:
         p = o.producer
@@ -470,6 +520,8 @@ class BaseStreamStore(StreamStore):
             raise errors.OffsetGone(offset, s.log.start_offset)
         r = s.log.read(offset, budget, json=s.json, until=min(until, self._visible_end(s)))
         data = r.data[1:-1] if s.json else r.data
+        if parts and len(data) + (1 if s.json else 0) > budget:
+            return parts, offset  # the first own append does not fit this page
         if len(data):
             parts.append(data)
         return parts, r.next_offset
@@ -489,7 +541,7 @@ class BaseStreamStore(StreamStore):
     async def delete(self, path: str) -> None:
         async with self._structure_lock():
             s = self._lookup(path)
-            if s.refs > 0:
+            if self._has_live_forks(s):
                 s.soft_deleted = True
                 self._save_meta(s)
                 self._notifier.notify(path)
@@ -522,4 +574,5 @@ class BaseStreamStore(StreamStore):
         self._closed = True
         self._notifier.notify_all()
         for s in list(self._streams.values()):
+            self._snapshot(s)
             s.log.close()
