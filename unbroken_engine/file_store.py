@@ -226,9 +226,15 @@ def _parse_time(text: str | None) -> datetime | None:
 
 def _snapshot_offset(s: Stream, slog: SegmentedLog, folder: Path) -> int | None:
     """Restore ``s`` from its state snapshot if that is trustworthy (a record
-    boundary within the recovered log); :return: where to replay from."""
+    boundary within the recovered log); :return: where to replay from.
+
+    A snapshot is used by one open only and then removed: it describes the
+    log as it was, so after later crashes an old snapshot could land on a
+    boundary of different records."""
+    path = folder / SNAPSHOT_NAME
     try:
-        state = msgpack.unpackb((folder / SNAPSHOT_NAME).read_bytes())
+        state = msgpack.unpackb(path.read_bytes())
+        path.unlink()
         offset = state["offset"]
         if not isinstance(offset, int) or offset > slog.end_offset or offset < slog.start_offset:
             return None

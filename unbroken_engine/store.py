@@ -255,7 +255,11 @@ class StreamStore(abc.ABC):
 
     @abc.abstractmethod
     async def sweep(self) -> list[str]:
-        """Remove expired streams now. :return: the paths removed."""
+        """Remove expired streams now (an expired stream with live forks is
+        soft-deleted, and goes with its last fork).
+
+        :return: the paths that went out of sight or were removed, sorted
+        """
 
     def notify_all(self) -> None:
         """Wake every live reader now (the server is shutting down)."""

@@ -32,7 +32,7 @@ from .log import RecordType
 from .media import is_json, media_type
 from .notify import StreamNotifier
 from .offsets import NOW, START
-from .producers import ProducerOutcome, ProducerState, validate
+from .producers import MAX_PRODUCER_NUMBER, ProducerOutcome, ProducerState, validate
 from .store import (
     DEFAULT_CONTENT_TYPE,
     DEFAULT_READ_CHUNK,
@@ -153,6 +153,14 @@ class Stream:
             self.closed_at = end
 
 
+def _check_producer(p) -> None:
+    if not isinstance(p.id, str) or not p.id:
+        raise errors.InvalidRequest("a producer id must be a non-empty string")
+    for name, value in (("epoch", p.epoch), ("seq", p.seq)):
+        if not isinstance(value, int) or not 0 <= value <= MAX_PRODUCER_NUMBER:
+            raise errors.InvalidRequest(f"producer {name} must be an integer from 0 to 2^53-1")
+
+
 def record_attrs(producer, seq: str | None) -> bytes:
     """The msgpack attrs a record carries: producer (id, epoch, seq) and Stream-Seq."""
     fields = {}
@@ -217,6 +225,10 @@ class BaseStreamStore(StreamStore):
         if s is not None and not s.soft_deleted and self._is_expired(s, self._clock()):
             self._expire(s)
             s = self._streams.get(path)
+        if s is not None and s.soft_deleted and not self._has_live_forks(s):
+            if not s.removed:  # its last fork expired since it was deleted
+                self._remove(s)
+            s = None
         if s is None:
             raise errors.StreamNotFound(path)
         if s.soft_deleted and not soft_ok:
@@ -225,27 +237,33 @@ class BaseStreamStore(StreamStore):
             s.last_access = self._clock()
         return s
 
-    def _has_live_forks(self, s: Stream) -> bool:
+    def _has_live_forks(self, s: Stream, removed: list | None = None) -> bool:
         """Whether forks still read through ``s`` (expired ones are let go first)."""
         now = self._clock()
         for fork in list(s.forks):
             if not fork.soft_deleted and self._is_expired(fork, now):
-                self._expire(fork)
+                self._expire(fork, removed)
         return bool(s.forks)
 
-    def _expire(self, s: Stream) -> None:
-        """An expired stream goes; with live forks it is soft-deleted instead."""
-        if self._has_live_forks(s):
+    def _expire(self, s: Stream, removed: list | None = None) -> None:
+        """An expired stream goes; with live forks it is soft-deleted instead.
+        Paths removed (the stream, expired forks, released sources) are added
+        to ``removed``."""
+        if self._has_live_forks(s, removed):
             s.soft_deleted = True
             self._save_meta(s)
             self._notifier.notify(s.path)
+            if removed is not None:
+                removed.append(s.path)  # out of sight, data kept for its forks
         else:
-            self._remove(s)
+            self._remove(s, removed)
 
-    def _remove(self, s: Stream) -> None:
+    def _remove(self, s: Stream, removed: list | None = None) -> None:
         """Forget a stream and release its source; a soft-deleted source whose
         last fork this was goes too (up the chain)."""
         while s is not None:
+            if removed is not None:
+                removed.append(s.path)
             self._streams.pop(s.path, None)
             s.removed = True
             self._notifier.notify(s.path)
@@ -424,6 +442,8 @@ class BaseStreamStore(StreamStore):
         if close_only and not o.close:
             raise errors.EmptyBody("an append needs data (or a close)")
         p = o.producer
+        if p is not None:
+            _check_producer(p)
         if s.closed:
             await self._settled(s)  # report the tail the closing append acknowledged
             return self._append_to_closed(s, o, close_only)
@@ -451,9 +471,9 @@ class BaseStreamStore(StreamStore):
         end = s.log.write(payload, attrs, kind, count)  # no await since the checks
         s.apply(kind, attrs, end)
         s.since_snapshot += 1
-        if s.since_snapshot >= self.SNAPSHOT_EVERY:
-            self._snapshot(s)
         await self._settled(s, end)
+        if s.since_snapshot >= self.SNAPSHOT_EVERY and s.log.durable_offset == s.log.end_offset:
+            self._snapshot(s)  # only of state that is all on disk
         self._notifier.notify(path)
         return AppendResult(end, outcome, p.epoch if p else None, p.seq if p else None, s.closed)
 
@@ -557,12 +577,16 @@ class BaseStreamStore(StreamStore):
     async def sweep(self) -> list[str]:
         async with self._structure_lock():
             now = self._clock()
-            gone = []
+            gone: list[str] = []
             for s in list(self._streams.values()):
-                if not s.removed and not s.soft_deleted and self._is_expired(s, now):
-                    self._expire(s)
-                    gone.append(s.path)
-            return gone
+                if s.removed:
+                    continue
+                if s.soft_deleted:
+                    if not self._has_live_forks(s, gone) and not s.removed:
+                        self._remove(s, gone)
+                elif self._is_expired(s, now):
+                    self._expire(s, gone)
+            return sorted(set(gone))
 
     def notify_all(self) -> None:
         """Wake every live reader (shutdown)."""
@@ -574,5 +598,6 @@ class BaseStreamStore(StreamStore):
         self._closed = True
         self._notifier.notify_all()
         for s in list(self._streams.values()):
+            s.log.sync()
             self._snapshot(s)
             s.log.close()

@@ -1,0 +1,67 @@
+"""State snapshots only ever speed up a restart: they never change its answer."""
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from unbroken_engine import AppendOptions, CreateOptions, FileBackedStreamStore, Producer
+from unbroken_engine.file_store import SNAPSHOT_NAME
+from unbroken_engine.log import Durability, LogConfig
+
+pytestmark = pytest.mark.anyio
+CONFIG = LogConfig(segment_size=64 * 1024, durability=Durability.NEVER)
+
+
+def _zero_last_record(folder, size):
+    seg = sorted(glob.glob(os.path.join(folder, "*.seg")))[-1]
+    with open(seg, "r+b") as f:
+        data = f.read()
+        end = len(data.rstrip(b"\0"))
+        f.seek(end - size)
+        f.write(b"\0" * size)
+
+
+async def test_a_snapshot_that_outlived_its_records_is_never_restored(tmp_path):
+    """Closed by a record that a crash then lost; the snapshot said "closed".
+    A same-sized append later lands on the same boundary: a second restart
+    must not take the old snapshot for the new log."""
+    store = FileBackedStreamStore(tmp_path, CONFIG)
+    await store.create("s", CreateOptions(content_type="text/plain"))
+    await store.append("s", b"first")
+    await store.append("s", b"abcde", AppendOptions(close=True))
+    folder = store._streams["s"].handle
+    await store.aclose()
+    assert (folder / SNAPSHOT_NAME).exists()
+    _zero_last_record(folder, 16 + 5)  # the closing record is gone
+
+    store = FileBackedStreamStore(tmp_path, CONFIG)
+    assert not (await store.get("s")).closed
+    await store.append("s", b"vwxyz")  # same size: same boundary as before
+    store._streams["s"].log.sync()
+    # no aclose(): the process dies here
+    again = FileBackedStreamStore(tmp_path, CONFIG)
+    assert not (await again.get("s")).closed
+    assert bytes((await again.read("s")).data) == b"firstvwxyz"
+    await again.append("s", b"!")
+    await again.aclose()
+    await store.aclose()
+
+
+async def test_restart_from_a_snapshot_keeps_producer_state(tmp_path, monkeypatch):
+    monkeypatch.setattr(FileBackedStreamStore, "SNAPSHOT_EVERY", 3)
+    store = FileBackedStreamStore(tmp_path, LogConfig(durability=Durability.ALWAYS))
+    await store.create("p", CreateOptions(content_type="text/plain"))
+    for seq in range(7):
+        await store.append("p", b"m%d" % seq, AppendOptions(producer=Producer("w", 0, seq)))
+    folder = store._streams["p"].handle
+    assert (folder / SNAPSHOT_NAME).exists()  # written by the periodic snapshot
+    again = FileBackedStreamStore(tmp_path, LogConfig(durability=Durability.ALWAYS))
+    retry = await again.append("p", b"m6", AppendOptions(producer=Producer("w", 0, 6)))
+    assert retry.outcome.value == "duplicate" and retry.producer_seq == 6
+    nxt = await again.append("p", b"m7", AppendOptions(producer=Producer("w", 0, 7)))
+    assert nxt.outcome.value == "accepted"
+    assert bytes((await again.read("p")).data) == b"".join(b"m%d" % i for i in range(8))
+    await again.aclose()
+    await store.aclose()
