@@ -174,6 +174,8 @@ async def serve_connection(stream: anyio.abc.ByteStream, ctx: ServerContext,
     except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
             TimeoutError, h11.LocalProtocolError, OSError):
         pass  # the client went away or stopped reading
+    except Exception:  # noqa: BLE001 - one connection's bug must not stop the server
+        log.exception("unbroken: connection failed")
     finally:
         await http.shutdown_and_clean_up()
         ctx.connection_closed()
