@@ -110,8 +110,10 @@ class FileBackedStreamStore(BaseStreamStore):
                    created_at=meta["created_at"], requested=requested,
                    fork_offset=fork["offset"] if fork else None, handle=folder)
         s.soft_deleted = bool(meta.get("soft_deleted"))
-        # sliding TTL: the last write we can prove (reads are not recorded)
-        s.last_access = max(s.created_at, _newest_mtime(folder))
+        # sliding TTL: the last access saved at a clean shutdown, else the last
+        # write the segment files prove (reads since the last shutdown are lost)
+        s.last_access = max(s.created_at, meta.get("last_access") or 0.0,
+                            _newest_mtime(folder))
         for rec in slog.records(_snapshot_offset(s, slog, folder)):
             s.apply(rec.type, rec.attrs, rec.next_offset)
         return s
@@ -169,7 +171,15 @@ class FileBackedStreamStore(BaseStreamStore):
     def _save_meta(self, s: Stream) -> None:
         meta = _read_meta(s.handle)
         meta["soft_deleted"] = s.soft_deleted
+        meta["last_access"] = s.last_access
         _write_meta(s.handle, meta)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            for s in list(self._streams.values()):
+                if s.ttl is not None and not s.removed:
+                    self._save_meta(s)  # reads renewed it: keep that across a restart
+        await super().aclose()
 
     def _destroy(self, s: Stream) -> None:
         s.log.close()

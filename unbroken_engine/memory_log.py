@@ -111,10 +111,13 @@ class MemoryLog:
         parts: list[bytes] = []
         size = records = messages = 0
         closed = False
+        budget = max_bytes
         while i < len(self._records) and self._offsets[i] < stop:
             rec = self._records[i]
             need = len(rec.payload) + (1 if json and rec.payload and parts else 0)
-            if records and size + need > max_bytes:
+            if not records:
+                budget = max(budget, need)  # the first record comes whole
+            if size + need > budget:
                 break
             if rec.payload or not json:
                 parts.append(rec.payload)
