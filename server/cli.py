@@ -6,6 +6,9 @@ import logging
 import os
 import sys
 
+if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport
+    from exceptiongroup import BaseExceptionGroup
+
 SERVE_DESCRIPTION = """\
 Serve streams over HTTP with the Unbroken (Durable Streams) protocol.
 
@@ -44,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     engine_bench.add_arguments(bench_sub.add_parser(
         "engine", help="in-process engine benchmarks (appends, reads, recovery)",
         description=engine_bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
+    from unbroken_benches import http as http_bench
+
+    http_bench.add_arguments(bench_sub.add_parser(
+        "http", help="HTTP server benchmarks (appends, catch-up reads, SSE latency), "
+                     "optionally against the reference server",
+        description=http_bench.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
@@ -108,8 +118,13 @@ def serve_main(args) -> int:
 
     try:
         anyio.run(run)
-    except OSError as exc:
-        print(f"unbroken: cannot listen on {args.host}:{port}: {exc.strerror or exc}",
+    except (OSError, BaseExceptionGroup) as exc:
+        failure = exc
+        while isinstance(failure, BaseExceptionGroup) and len(failure.exceptions) == 1:
+            failure = failure.exceptions[0]  # unwrap the task groups' wrapping
+        if not isinstance(failure, OSError):
+            raise
+        print(f"unbroken: cannot listen on {args.host}:{port}: {failure.strerror or failure}",
               file=sys.stderr)
         return 1
     print("unbroken: stopped cleanly", flush=True)
@@ -125,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         from unbroken_benches import engine as engine_bench
 
         return engine_bench.run(args)
+    if args.command == "bench" and args.target == "http":
+        from unbroken_benches import http as http_bench
+
+        return http_bench.run(args)
     return 2
 
 

@@ -36,6 +36,7 @@ from .http import Request, Response, StreamingResponse
 
 log = logging.getLogger("unbroken.server")
 RECEIVE_SIZE = 64 * 1024
+PASSTHROUGH_MIN = 64 * 1024  # bodies larger than this are sent without joining
 
 
 class _Refused(Exception):
@@ -52,14 +53,43 @@ class HTTPConnection:
         self.stream = stream
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
 
-    async def send(self, event) -> None:
-        """Send one h11 event; a failed send marks the connection broken."""
+    async def send(self, *events) -> None:
+        """Send h11 events in one write (one TCP segment for a head and a small
+        body); a large body goes out as the buffer it already is, not copied.
+        A failed send marks the connection broken."""
         try:
-            for piece in self.conn.send_with_data_passthrough(event) or ():
-                await self.stream.send(piece)
+            pieces: list = []
+            for event in events:
+                pieces.extend(self.conn.send_with_data_passthrough(event) or ())
+            small = [p for p in pieces if len(p) <= PASSTHROUGH_MIN]
+            if len(small) == len(pieces):
+                await self.stream.send(b"".join(pieces))
+                return
+            run: list = []
+            for piece in pieces:
+                if len(piece) > PASSTHROUGH_MIN:
+                    if run:
+                        await self.stream.send(b"".join(run))
+                        run = []
+                    await self.stream.send(piece)
+                else:
+                    run.append(piece)
+            if run:
+                await self.stream.send(b"".join(run))
         except BaseException:
             self.conn.send_failed()
             raise
+
+    async def wait_for_request(self) -> None:
+        """Return once a request has begun to arrive (or the peer closed).
+        Bytes already buffered (a pipelined request) count as arrived."""
+        if self.conn.trailing_data[0] or self.conn.trailing_data[1]:
+            return
+        try:
+            data = await self.stream.receive(RECEIVE_SIZE)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            data = b""
+        self.conn.receive_data(data)
 
     async def next_event(self):
         """The next h11 event, reading from the socket as needed."""
@@ -95,9 +125,10 @@ class HTTPConnection:
     async def send_response(self, response, head_only: bool, send_timeout: float) -> None:
         """Send a :class:`Response` or :class:`StreamingResponse`."""
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        head = h11.Response(status_code=response.status, headers=headers,
+                            reason=_reason(response.status))
         if isinstance(response, StreamingResponse):
-            await self.send(h11.Response(status_code=response.status, headers=headers,
-                                         reason=_reason(response.status)))
+            await self.send(head)  # at once: clients see the headers before any event
             chunks = response.chunks
             try:
                 async for chunk in chunks:
@@ -105,15 +136,16 @@ class HTTPConnection:
                         await self.send(h11.Data(data=chunk))
             finally:
                 await chunks.aclose()
+            await self.send(h11.EndOfMessage())
+            return
+        body = response.body
+        with_body = len(body) and not head_only and response.status not in (204, 304)
+        if response.status not in (204, 304) and not head_only:
+            headers.append((b"content-length", str(len(body)).encode()))
+        if with_body:
+            await self.send(head, h11.Data(data=body), h11.EndOfMessage())
         else:
-            body = response.body
-            if response.status not in (204, 304) and not head_only:
-                headers.append((b"content-length", str(len(body)).encode()))
-            await self.send(h11.Response(status_code=response.status, headers=headers,
-                                         reason=_reason(response.status)))
-            if len(body) and not head_only and response.status not in (204, 304):
-                await self.send(h11.Data(data=body))
-        await self.send(h11.EndOfMessage())
+            await self.send(head, h11.EndOfMessage())
 
     async def shutdown_and_clean_up(self) -> None:
         """Close the socket, politely if we can, within a second."""
@@ -122,6 +154,13 @@ class HTTPConnection:
                 await self.stream.aclose()
             except (anyio.BrokenResourceError, OSError):
                 pass
+
+
+def _check_head_size(event: h11.Request, limit: int) -> None:
+    """h11 bounds a head that arrives in pieces; this bounds one that arrives whole."""
+    size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+    if size > limit:
+        raise h11.RemoteProtocolError("request header too large", error_status_hint=431)
 
 
 def _reason(status: int) -> bytes:
@@ -145,14 +184,17 @@ async def serve_connection(stream: anyio.abc.ByteStream, ctx: ServerContext,
     ctx.connection_opened()
     try:
         while True:
-            event = None
             idle = anyio.CancelScope(deadline=anyio.current_time() + cfg.idle_timeout)
             with ctx.idle(idle):
-                event = await http.next_event()
-            if not isinstance(event, h11.Request):
-                return  # idle too long, shutting down, or the client left
+                await http.wait_for_request()
+            if idle.cancelled_caught:
+                return  # idle too long, or shutting down
             try:
-                with anyio.fail_after(cfg.request_timeout):
+                with anyio.fail_after(cfg.request_timeout):  # head and body together
+                    event = await http.next_event()
+                    if not isinstance(event, h11.Request):
+                        return  # the client left
+                    _check_head_size(event, cfg.max_header_bytes)
                     body = await http.read_body(event, cfg.max_body)
             except TimeoutError:
                 raise _Refused(text_response(408, "request not received in time")) from None

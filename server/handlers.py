@@ -240,13 +240,13 @@ async def handle_append(ctx: ServerContext, req: Request, path: str) -> Response
 
 async def handle_read(ctx: ServerContext, req: Request, path: str):
     """``GET``: a catch-up read, or live (``live=long-poll`` / ``live=sse``)."""
-    raw = req.param("offset")
-    mode = req.param("live")
     try:
+        raw = req.param("offset")
+        mode = req.param("live")
         offset = parse_offset(raw)
         if raw == "":
             raise e.InvalidOffset("", "empty offset")
-    except e.InvalidOffset:
+    except (e.InvalidOffset, HeaderError):
         await ctx.store.get(path)  # a missing stream is a 404 before a bad offset
         raise
     if mode in ("long-poll", "sse") and raw is None:
@@ -289,10 +289,21 @@ def read_response(req: Request, path: str, raw_offset: str | None, r, *, status:
             return Response(304, [*cors.COMMON, ("ETag", tag)])
     headers.append(cache or (cors.NO_CACHE if r.up_to_date else cors.IMMUTABLE_CHUNK))
     body = r.data
-    if len(body) >= GZIP_MIN and "gzip" in (req.header("accept-encoding") or ""):
+    if len(body) >= GZIP_MIN and accepts_gzip(req.header("accept-encoding")):
         body = gzip.compress(body, compresslevel=1)
+        headers = [(k, v[:-1] + '-gz"' if k == "ETag" else v) for k, v in headers]
         headers += [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")]
     return Response(status, headers, body)
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether ``Accept-Encoding`` allows gzip (``gzip;q=0`` does not)."""
+    for item in (accept_encoding or "").split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip", "*"):
+            q = params.strip().lower()
+            return not (q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"))
+    return False
 
 
 # ---- HEAD, DELETE ------------------------------------------------------------------------------------

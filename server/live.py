@@ -153,16 +153,23 @@ async def _events(ctx, req, path: str, offset, binary: bool):
             yield KEEPALIVE  # finds a vanished client; ignored by SSE parsers
 
 
-async def wait(ctx, path: str, offset: int, timeout: float) -> bool:
-    """Wait for data after ``offset``, a close, or the server's shutdown."""
-    if ctx.shutdown_event is None:
+async def _wait_store(ctx, path: str, offset: int, timeout: float) -> bool:
+    try:
         return await ctx.store.wait_for_messages(path, offset, timeout)
+    except (e.StreamNotFound, e.StreamSoftDeleted):
+        return True  # gone: the caller's next read says so (404/410, or the SSE ends)
+
+
+async def wait(ctx, path: str, offset: int, timeout: float) -> bool:
+    """Wait for data after ``offset``, a close, a delete, or the server's shutdown."""
+    if ctx.shutdown_event is None:
+        return await _wait_store(ctx, path, offset, timeout)
     result = False
     async with anyio.create_task_group() as tg:
         async def waiter():
             nonlocal result
             try:
-                result = await ctx.store.wait_for_messages(path, offset, timeout)
+                result = await _wait_store(ctx, path, offset, timeout)
             finally:
                 tg.cancel_scope.cancel()
 
