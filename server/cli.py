@@ -55,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
                      "optionally against the reference server",
         description=http_bench.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter))
+    from . import operator as operator_tools
+
+    operator_tools.add_verify_arguments(sub.add_parser(
+        "verify", help="check a data directory offline (--repair fixes torn tails and indexes)",
+        description=operator_tools.VERIFY_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
+    operator_tools.add_inspect_arguments(sub.add_parser(
+        "inspect", help="list the streams of a data directory, or show one in detail",
+        description=operator_tools.INSPECT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -144,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         from unbroken_benches import http as http_bench
 
         return http_bench.run(args)
+    if args.command in ("verify", "inspect"):
+        from . import operator as operator_tools
+
+        return operator_tools.run(args)
     return 2
 
 

@@ -6,6 +6,7 @@ Anything else is a 500 with a generic body: no traceback reaches a client.
 """
 from __future__ import annotations
 
+import errno
 import logging
 
 from unbroken_engine import errors as e
@@ -33,6 +34,10 @@ def _extra_headers(exc: Exception) -> list[tuple[str, str]]:
 def error_response(exc: Exception) -> Response:
     """The response for an exception raised while handling a request."""
     status = getattr(exc, "status_hint", 500)
+    if status == 500 and isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # a full disk the engine did not wrap in StorageFull is still a full disk
+        exc = e.StorageFull(exc.errno, f"storage full: {exc.strerror or exc}")
+        status = exc.status_hint
     if status >= 500:
         if isinstance(exc, (e.StorageFull, e.StorageIOError, e.LogClosedError)):
             message = str(exc)

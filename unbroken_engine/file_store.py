@@ -26,6 +26,7 @@ thread (group commit).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -83,15 +84,19 @@ class FileBackedStreamStore(BaseStreamStore):
         for entry in sorted(self.data_dir.iterdir()):
             if not entry.is_dir() or not layout.is_stream_dir_name(entry.name):
                 continue
+            slog = None
             try:
                 meta = _read_meta(entry)
                 slog = SegmentedLog.open(entry, self.config)
-            except (errors.UnbrokenError, OSError, ValueError, KeyError) as exc:
+                s = self._stream_from(meta, slog, entry)  # replays records: CRCs checked
+            except (errors.UnbrokenError, OSError, ValueError, KeyError, TypeError) as exc:
+                # one damaged stream is refused; the others are served
                 self._damaged[_path_hint(entry)] = _as_unbroken(exc, entry)
+                if slog is not None:
+                    slog.close()
                 continue
             cut += slog.recovery.bytes_cut
             rebuilt += slog.recovery.indexes_rebuilt
-            s = self._stream_from(meta, slog, entry)
             self._streams[s.path] = s
             metas[s.path] = meta
         self._link_forks(metas)
@@ -164,21 +169,33 @@ class FileBackedStreamStore(BaseStreamStore):
                 self._trash(folder)
             os.rename(tmp, folder)
             layout.fsync_dir(self.data_dir)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if _is_plain_os_error(exc):  # e.g. the meta file met a full disk
+                raise _storage_error(exc, "create stream") from exc
             raise
 
     def _save_meta(self, s: Stream) -> None:
         meta = _read_meta(s.handle)
         meta["soft_deleted"] = s.soft_deleted
         meta["last_access"] = s.last_access
-        _write_meta(s.handle, meta)
+        try:
+            _write_meta(s.handle, meta)
+        except OSError as exc:
+            if _is_plain_os_error(exc):
+                raise _storage_error(exc, "save stream meta") from exc
+            raise
 
     async def aclose(self) -> None:
         if not self._closed:
             for s in list(self._streams.values()):
                 if s.ttl is not None and not s.removed:
-                    self._save_meta(s)  # reads renewed it: keep that across a restart
+                    try:  # reads renewed it: keep that across a restart
+                        self._save_meta(s)
+                    except errors.UnbrokenError as exc:  # best effort: a full disk
+                        # must not stop the flush and close of every stream below
+                        log.warning("unbroken: could not save the TTL renewal of %s: %s",
+                                    s.path, exc)
         await super().aclose()
 
     def _destroy(self, s: Stream) -> None:
@@ -268,6 +285,20 @@ def _path_hint(folder: Path) -> str:
             return msgpack.unpackb(f.read())["path"]
     except Exception:  # noqa: BLE001 - damaged: fall back to the folder name
         return folder.name
+
+
+def _is_plain_os_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and not isinstance(exc, errors.UnbrokenError)
+
+
+def _storage_error(exc: OSError, what: str) -> errors.UnbrokenError:
+    """A failed system call outside the C core (meta files, folders), as the
+    C core would report it: ``StorageFull`` (507) for ENOSPC/EDQUOT,
+    ``StorageIOError`` (503) for anything else -- never a bare OSError (500)."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    cls = errors.StorageFull if full else errors.StorageIOError
+    where = f" [{exc.filename}]" if exc.filename else ""
+    return cls(exc.errno or errno.EIO, f"{what}: {exc.strerror or exc}{where}")
 
 
 def _as_unbroken(exc: Exception, folder: Path) -> errors.UnbrokenError:

@@ -65,3 +65,31 @@ async def test_restart_from_a_snapshot_keeps_producer_state(tmp_path, monkeypatc
     assert bytes((await again.read("p")).data) == b"".join(b"m%d" % i for i in range(8))
     await again.aclose()
     await store.aclose()
+
+
+async def test_a_damaged_sealed_segment_refuses_only_its_stream(tmp_path):
+    """A flipped byte in a sealed segment (whose saved index is fine) is found
+    when the store replays the stream at start-up: that stream is refused with
+    the damage, every other stream is served."""
+    config = LogConfig(segment_size=4096, durability=Durability.ALWAYS)
+    store = FileBackedStreamStore(tmp_path, config)
+    for path in ("good", "bad"):
+        await store.create(path, CreateOptions(content_type="text/plain"))
+        for i in range(40):
+            await store.append(path, b"record %03d " % i + b"x" * 100)
+    bad = store._streams["bad"].handle
+    await store.aclose()
+    for snap in tmp_path.glob("*/" + SNAPSHOT_NAME):
+        snap.unlink()  # no snapshot: the whole log is replayed
+    first = sorted(bad.glob("*.seg"))[0]
+    data = bytearray(first.read_bytes())
+    data[64 + 16 + 3] ^= 0x40  # a payload byte of the first record
+    first.write_bytes(bytes(data))
+
+    again = FileBackedStreamStore(tmp_path, config)
+    assert "bad" in again.recovery.corrupt
+    from unbroken_engine.errors import CorruptSegment
+    with pytest.raises(CorruptSegment):
+        await again.get("bad")
+    assert (await again.read("good")).data[:10] == b"record 000"
+    await again.aclose()
