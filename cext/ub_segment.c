@@ -72,6 +72,10 @@ struct ub_segment {
     ub_entry *idx;
     uint32_t idx_cap;
     uint32_t idx_len; /* published with a release store */
+    /* Written by ub_segment_sync/seal only (the caller's flush lock): where
+     * the last successful fdatasync reached, and whether one failed since. */
+    uint64_t synced;
+    int sync_failed;
 };
 
 /* ---- little-endian helpers ------------------------------------------- */
@@ -114,6 +118,63 @@ static int io_error(ub_segment *s, int err)
     if (s)
         s->os_errno = err;
     return (err == ENOSPC || err == EDQUOT) ? UB_EFULL : UB_EIO;
+}
+
+/* ---- test switches ------------------------------------------------------
+ * For the fault-injection tests only (tests/faults/test_io_errors.py). Always
+ * compiled, inert unless called: each counter starts at zero, and a system
+ * call takes one pending failure (atomically, so any thread may arm them)
+ * only while its counter is positive.
+ *   ub_test_fail_next_sync(n):  the next n fdatasync calls of ub_segment_sync
+ *                               and ub_segment_seal fail with EIO (the disk is
+ *                               not touched);
+ *   ub_test_fail_next_alloc(n): the next n posix_fallocate calls (segment
+ *                               creation and growth) fail with ENOSPC.
+ * Each returns how many failures of its kind were still pending, so
+ * ub_test_fail_next_sync(0) disarms and tells whether the armed ones struck. */
+
+static int fail_sync_left;
+static int fail_alloc_left;
+
+static int arm(int *left, int n)
+{
+    return __atomic_exchange_n(left, n > 0 ? n : 0, __ATOMIC_SEQ_CST);
+}
+
+int ub_test_fail_next_sync(int n)
+{
+    return arm(&fail_sync_left, n);
+}
+
+int ub_test_fail_next_alloc(int n)
+{
+    return arm(&fail_alloc_left, n);
+}
+
+static int take_failure(int *left)
+{
+    int v = __atomic_load_n(left, __ATOMIC_RELAXED);
+    while (v > 0)
+        if (__atomic_compare_exchange_n(left, &v, v - 1, 0, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_RELAXED))
+            return 1;
+    return 0;
+}
+
+static int seg_fdatasync(int fd)
+{
+    if (take_failure(&fail_sync_left)) {
+        errno = EIO;
+        return -1;
+    }
+    return fdatasync(fd);
+}
+
+static int seg_fallocate(int fd, off_t offset, off_t len)
+{
+    if (take_failure(&fail_alloc_left))
+        return ENOSPC;
+    return posix_fallocate(fd, offset, len);
 }
 
 /* ---- index ------------------------------------------------------------ */
@@ -344,7 +405,13 @@ static int grow(ub_segment *s, uint64_t need)
     target = round_up(target, 4096);
     if (target > s->capacity)
         target = s->capacity;
-    int err = posix_fallocate(s->fd, (off_t)s->alloc, (off_t)(target - s->alloc));
+    int err = seg_fallocate(s->fd, (off_t)s->alloc, (off_t)(target - s->alloc));
+    uint64_t exact = round_up(need, 4096) < s->capacity ? round_up(need, 4096) : s->capacity;
+    if ((err == ENOSPC || err == EDQUOT) && exact < target) {
+        /* the doubling did not fit: ask for only what this record needs */
+        target = exact;
+        err = seg_fallocate(s->fd, (off_t)s->alloc, (off_t)(target - s->alloc));
+    }
     if (err)
         return io_error(s, err);
     s->alloc = target;
@@ -377,7 +444,7 @@ int ub_segment_create(const char *path, uint64_t base_offset, uint64_t base_msg,
         goto fail;
     }
     uint64_t first = capacity < UB_INITIAL_ALLOC ? capacity : UB_INITIAL_ALLOC;
-    int err = posix_fallocate(s->fd, 0, (off_t)first);
+    int err = seg_fallocate(s->fd, 0, (off_t)first);
     if (err) {
         rc = io_error(s, err);
         goto fail_unlink;
@@ -748,14 +815,54 @@ int ub_segment_append_batch(ub_segment *s, const uint8_t *payloads,
     return rc;
 }
 
+/* After a failed fdatasync, Linux may have marked the pages whose writeback
+ * failed clean while they still hold our bytes ("fsyncgate"): a later
+ * fdatasync that succeeds would then not write them, yet the caller would
+ * count them durable. So the next sync first writes everything since the last
+ * successful one again (pwrite from the mapping onto the same file range,
+ * which dirties those pages anew), and only then flushes. Appends never write
+ * below `end` again, so this races with none of them (ub_segment_truncate does,
+ * but nothing in the engine truncates an open log; tests and tools do, alone). */
+static int redirty(ub_segment *s, uint64_t from, uint64_t end)
+{
+    while (from < end) {
+        ssize_t w = pwrite(s->fd, s->map + from, (size_t)(end - from), (off_t)from);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return io_error(s, w < 0 ? errno : EIO);
+        from += (uint64_t)w;
+    }
+    return UB_OK;
+}
+
+/* fdatasync with the bookkeeping above; `end` is what the flush covers. */
+static int flush_to(ub_segment *s, uint64_t end)
+{
+    if (s->sync_failed && s->synced < end) {
+        int rc = redirty(s, s->synced, end);
+        if (rc != UB_OK)
+            return rc;
+    }
+    if (seg_fdatasync(s->fd) != 0) {
+        s->sync_failed = 1;
+        return io_error(s, errno);
+    }
+    s->sync_failed = 0;
+    if (end > s->synced)
+        s->synced = end;
+    return UB_OK;
+}
+
 int ub_segment_sync(ub_segment *s)
 {
     if (s->fd < 0)
         return UB_OK; /* sealed and synced */
     /* Linux keeps one page cache: fdatasync writes back pages dirtied through
      * the shared mapping as well as the file size grown by posix_fallocate. */
-    if (fdatasync(s->fd) != 0)
-        return io_error(s, errno);
+    int rc = flush_to(s, load_end(s));
+    if (rc != UB_OK)
+        return rc;
     if (s->sealed) {
         close(s->fd); /* the mapping stays valid; synced sealed segments need no fd */
         s->fd = -1;
@@ -770,8 +877,11 @@ int ub_segment_seal(ub_segment *s, const char *idx_path, int sync)
     if (ftruncate(s->fd, (off_t)s->end) != 0)
         return io_error(s, errno);
     s->alloc = s->end;
-    if (sync && fdatasync(s->fd) != 0)
-        return io_error(s, errno);
+    if (sync) {
+        int rc = flush_to(s, s->end);
+        if (rc != UB_OK)
+            return rc;
+    }
     s->sealed = 1;
     index_write(s, idx_path); /* best effort: rebuilt by scanning when missing */
     if (sync) {

@@ -112,4 +112,11 @@ int ub_segment_find_msg(const ub_segment *s, uint64_t msg_rel, uint64_t *rec_pos
 const uint8_t *ub_segment_data(const ub_segment *s);
 void ub_segment_close(ub_segment *s);
 
+/* Fault injection, for tests only (tests/faults/); inert unless called.
+ * The next n fdatasync calls of ub_segment_sync/ub_segment_seal fail with EIO,
+ * resp. the next n posix_fallocate calls (create, growth) fail with ENOSPC.
+ * Process-wide; n <= 0 disarms. Returns how many were still pending. */
+int ub_test_fail_next_sync(int n);
+int ub_test_fail_next_alloc(int n);
+
 #endif

@@ -95,6 +95,10 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
+class _ListenError(Exception):
+    """The server could not bind its address (its cause is the OSError)."""
+
+
 def serve_main(args) -> int:
     """``unbroken serve``: open the store, serve until signalled, flush, exit 0."""
     import anyio
@@ -120,7 +124,10 @@ def serve_main(args) -> int:
 
     async def run():
         async with anyio.create_task_group() as tg:
-            bound = await tg.start(serve, ctx, args.host, port)
+            try:
+                bound = await tg.start(serve, ctx, args.host, port)
+            except OSError as exc:
+                raise _ListenError(exc) from exc
             host = f"[{args.host}]" if ":" in args.host else args.host
             print(f"unbroken: serving http://{host}:{bound}/v1/stream/ from {where}",
                   flush=True)
@@ -128,13 +135,14 @@ def serve_main(args) -> int:
 
     try:
         anyio.run(run)
-    except (OSError, BaseExceptionGroup) as exc:
+    except (_ListenError, BaseExceptionGroup) as exc:
         failure = exc
         while isinstance(failure, BaseExceptionGroup) and len(failure.exceptions) == 1:
             failure = failure.exceptions[0]  # unwrap the task groups' wrapping
-        if not isinstance(failure, OSError):
+        if not isinstance(failure, _ListenError):
             raise
-        print(f"unbroken: cannot listen on {args.host}:{port}: {failure.strerror or failure}",
+        cause = failure.__cause__
+        print(f"unbroken: cannot listen on {args.host}:{port}: {cause.strerror or cause}",
               file=sys.stderr)
         return 1
     print("unbroken: stopped cleanly", flush=True)

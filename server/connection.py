@@ -125,9 +125,13 @@ class HTTPConnection:
     async def send_response(self, response, head_only: bool, send_timeout: float) -> None:
         """Send a :class:`Response` or :class:`StreamingResponse`."""
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        streaming = isinstance(response, StreamingResponse)
+        body = b"" if streaming else response.body
+        if not streaming and response.status not in (204, 304) and not head_only:
+            headers.append((b"content-length", str(len(body)).encode()))
         head = h11.Response(status_code=response.status, headers=headers,
                             reason=_reason(response.status))
-        if isinstance(response, StreamingResponse):
+        if streaming:
             await self.send(head)  # at once: clients see the headers before any event
             chunks = response.chunks
             try:
@@ -138,10 +142,7 @@ class HTTPConnection:
                 await chunks.aclose()
             await self.send(h11.EndOfMessage())
             return
-        body = response.body
         with_body = len(body) and not head_only and response.status not in (204, 304)
-        if response.status not in (204, 304) and not head_only:
-            headers.append((b"content-length", str(len(body)).encode()))
         if with_body:
             await self.send(head, h11.Data(data=body), h11.EndOfMessage())
         else:

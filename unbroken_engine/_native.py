@@ -428,6 +428,26 @@ def from_buffer(data):
     return ffi.from_buffer(data)
 
 
+
+# ---- fault injection (tests only) -------------------------------------------
+
+def _test_fail_next_sync(n: int) -> int:
+    """Tests only: the next ``n`` fdatasync calls of a segment sync or seal
+    fail with EIO (``StorageIOError``); 0 disarms. Process-wide.
+
+    :return: how many armed failures were still pending
+    """
+    return lib.ub_test_fail_next_sync(n)
+
+
+def _test_fail_next_alloc(n: int) -> int:
+    """Tests only: the next ``n`` posix_fallocate calls (segment creation or
+    growth) fail with ENOSPC (``StorageFull``); 0 disarms. Process-wide.
+
+    :return: how many armed failures were still pending
+    """
+    return lib.ub_test_fail_next_alloc(n)
+
 def bench_mmap_copy(path, total: int, chunk: int) -> float:
     """Seconds to copy ``total`` bytes in ``chunk`` pieces into a fresh mmap."""
     ns = ffi.new("uint64_t *")

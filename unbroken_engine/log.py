@@ -227,6 +227,11 @@ class SegmentedLog:
         if not segments:
             segments.append(_create_segment(directory, base_offset, 0, config,
                                             config.segment_size))
+        else:
+            # What a crashed process wrote may still be only in the page cache:
+            # flush it before counting it durable (an idempotent retry is then
+            # a duplicate of bytes that really are on disk).
+            segments[-1].native.sync()
         report = RecoveryReport(directory, len(segments), active_records, cut, rebuilt,
                                 removed, segments[0].base, segments[-1].end_offset(),
                                 time.perf_counter() - t0)

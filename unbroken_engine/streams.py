@@ -450,16 +450,23 @@ class BaseStreamStore(StreamStore):
         if not close_only and o.content_type is not None and media_type(o.content_type) != s.media:
             raise errors.ContentTypeMismatch(s.content_type, o.content_type)
         outcome = None
-        if p is not None:
-            state = s.producers.get(p.id)
-            outcome = validate(state, p.epoch, p.seq)
-            if outcome is ProducerOutcome.DUPLICATE:
-                await self._settled(s)  # the original may still be on its way to disk
-                return AppendResult(self._visible_end(s), outcome, p.epoch, state.last_seq,
-                                    self._closed_visible(s))
-        if o.seq is not None and s.last_seq is not None and \
-                o.seq.encode("utf-8", "surrogatepass") <= s.last_seq.encode("utf-8", "surrogatepass"):
-            raise errors.SequenceConflict(s.last_seq, o.seq)
+        try:
+            if p is not None:
+                state = s.producers.get(p.id)
+                outcome = validate(state, p.epoch, p.seq)
+                if outcome is ProducerOutcome.DUPLICATE:
+                    await self._settled(s)  # the original may still be on its way to disk
+                    return AppendResult(self._visible_end(s), outcome, p.epoch, state.last_seq,
+                                        self._closed_visible(s))
+            if o.seq is not None and s.last_seq is not None and o.seq.encode(
+                    "utf-8", "surrogatepass") <= s.last_seq.encode("utf-8", "surrogatepass"):
+                raise errors.SequenceConflict(s.last_seq, o.seq)
+        except (errors.SequenceConflict, errors.StaleEpoch, errors.ProducerSeqGap):
+            # Refused on the strength of state that earlier appends wrote: like
+            # a duplicate, answer only once that state is on disk (a failed
+            # flush then makes this a 503, never a conflict a crash could undo).
+            await self._settled(s)
+            raise
         payload, count = data, (0 if close_only else 1)
         if data and s.json:
             payload, count = nat.json_flatten(data)

@@ -702,3 +702,14 @@ async def test_garbage_after_a_good_request_on_the_same_write(make_ctx, open_pai
 
 def _text_options(data: bytes = b""):
     return CreateOptions(content_type="text/plain", data=data)
+
+
+async def test_a_whole_body_is_sent_with_content_length_not_chunked(make_ctx, open_pair):
+    """Clients (and proxies) learn a catch-up body's size up front."""
+    ctx = make_ctx()
+    async with open_pair(ctx) as pair:
+        assert (await pair.request("PUT", S + "cl", [TEXT], b"twelve bytes")).status == 201
+        r = await pair.request("GET", S + "cl?offset=-1")
+        assert r.body == b"twelve bytes"
+        assert r.headers.get("content-length") == "12"
+        assert "transfer-encoding" not in r.headers

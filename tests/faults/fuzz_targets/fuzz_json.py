@@ -1,0 +1,145 @@
+"""Coverage-guided fuzzing of the C JSON validator and flattener (cext/ub_json.c).
+
+Run it (atheris is not a dependency of the project; install it first)::
+
+    python -m pip install atheris
+    python tests/faults/fuzz_targets/fuzz_json.py -max_total_time=600
+    # with a corpus directory kept between runs, seeded by the harness:
+    python tests/faults/fuzz_targets/fuzz_json.py --seeds=/tmp/json-corpus -max_total_time=600
+
+Any libFuzzer option works; a crash is written as ``crash-<sha1>`` and
+replayed with ``python tests/faults/fuzz_targets/fuzz_json.py crash-...``.
+With clang installed the C code is instrumented for coverage (see
+``_harness.py``); tests/faults/test_fuzz_native.py runs this briefly in CI.
+
+Every input is checked against Python's own parser in its strictest form
+(the oracle of tests/native/test_json.py: RFC 8259, no NaN/Infinity, valid
+UTF-8, plus the two rules where Unbroken is stricter -- no lone surrogate
+escapes, nesting at most 512):
+
+* ``ub_json_validate`` and ``ub_json_flatten`` accept exactly what the
+  oracle accepts, and refuse at the same byte position, within the input;
+* a flattened array is its elements, verbatim and in order, joined by ','
+  (so ``[`` + output + ``]`` parses to the same value), never longer than the
+  input; a non-array is the value without the surrounding whitespace;
+* ``ub_json_prefix`` splits a flattened payload after every element;
+* no byte outside the input is read (guard pages on both sides, in turn).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness  # noqa: E402
+
+MAX_DEPTH = 512
+MAX_LEN = 1 << 16
+OK, EJSON, ERANGE = 0, -9, -5
+WS = b" \t\r\n"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+# ---- the oracle (as in tests/native/test_json.py) -------------------------------------
+
+class _Obj(tuple):
+    """An object as its (key, value) pairs (keeps duplicate keys)."""
+
+
+def _reject_constant(name):
+    raise ValueError(f"non-standard constant {name}")
+
+
+_DECODER = json.JSONDecoder(parse_int=str, parse_float=str,  # numbers kept verbatim
+                            parse_constant=_reject_constant, object_pairs_hook=_Obj)
+
+
+def _loads(data: bytes):
+    return _DECODER.decode(data.decode("utf-8"))
+
+
+def _depth_and_lone_surrogate(value):
+    depth, lone = 0, False
+    stack = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, str):
+            lone = lone or _SURROGATE.search(v) is not None
+        elif isinstance(v, _Obj):
+            depth = max(depth, d + 1)
+            for key, item in v:
+                lone = lone or _SURROGATE.search(key) is not None
+                stack.append((item, d + 1))
+        elif isinstance(v, list):
+            depth = max(depth, d + 1)
+            stack.extend((item, d + 1) for item in v)
+    return depth, lone
+
+
+REFUSED = object()
+
+
+def python_value(data: bytes):
+    """The decoded value, or REFUSED when the oracle refuses the text."""
+    try:
+        value = _loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return REFUSED
+    depth, lone = _depth_and_lone_surrogate(value)
+    if depth > MAX_DEPTH or lone:
+        return REFUSED
+    return value
+
+
+# ---- the target -------------------------------------------------------------------------
+
+native = _harness.Native(MAX_LEN)
+
+
+def test_one_input(data: bytes) -> None:
+    if not native.ready:
+        native.load()
+        ffi = native.ffi
+        native.out = ffi.new("uint8_t[]", MAX_LEN + 1)
+        native.out_len, native.count = ffi.new("size_t *"), ffi.new("uint32_t *")
+        native.count2, native.is_array = ffi.new("uint32_t *"), ffi.new("int *")
+        native.err, native.err2 = ffi.new("size_t *"), ffi.new("size_t *")
+        native.prefix = ffi.new("size_t *")
+    ffi, lib, n = native.ffi, native.lib, native
+    value = python_value(data)
+    for ptr in (n.guarded.at_end(data), n.guarded.at_start(data)):
+        rv = lib.ub_json_validate(ptr, len(data), n.is_array, n.count2, n.err2)
+        rf = lib.ub_json_flatten(ptr, len(data), n.out, n.out_len, n.count, n.err)
+        if value is REFUSED:
+            assert rv == rf == EJSON, (rv, rf, data[:100])
+            assert n.err[0] == n.err2[0] <= len(data), (n.err[0], n.err2[0], len(data))
+            assert n.count[0] == 0 and n.out_len[0] == 0
+            continue
+        assert rv == rf == OK, (rv, rf, data[:100])
+        joined = ffi.buffer(n.out, n.out_len[0])[:]
+        count = n.count[0]
+        assert n.count2[0] == count and len(joined) <= len(data)
+        if not isinstance(value, list):
+            assert not n.is_array[0] and count == 1
+            assert joined == data.strip(WS)
+            continue
+        assert n.is_array[0] and count == len(value)
+        assert _loads(b"[" + joined + b"]") == value
+        # the prefix of k elements is the first k elements
+        for k in sorted({0, 1, count // 2, count - 1, count} & set(range(count + 1))):
+            assert lib.ub_json_prefix(joined, len(joined), k, n.prefix) == OK
+            assert _loads(b"[" + joined[:n.prefix[0]] + b"]") == value[:k]
+        assert lib.ub_json_prefix(joined, len(joined), count + 1, n.prefix) == ERANGE
+
+
+SEEDS = [
+    b"0", b"-0.5e+3", b"true", b"null", b'""', b'"\\u00e9\\ud83d\\ude00"', b"[]", b"[1,2]",
+    b' [ 1 , "a" , {"k": [null]} ] ', b'{"a":1,"a":2}', '"é € 😀"'.encode(), b"[" * 40,
+    b"[" * 512 + b"]" * 512, b'"\\ud800"', b"NaN", b"[1,]", b"\xef\xbb\xbf[]", b"1e999",
+    b'"\x7f"', b'"\xed\xa0\x80"', b'["\\/\\b\\f\\n\\r\\t\\"\\\\"]',
+]
+
+if __name__ == "__main__":
+    _harness.main(test_one_input, SEEDS, max_len=4096)
