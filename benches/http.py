@@ -42,6 +42,9 @@ How figures are taken
   keep-alive sockets) and the server under test share this machine's CPUs.
   Throughputs are the median of the rounds; each append round has a --warmup
   that is not counted, and each server gets one untimed read pass first.
+  Before each round the disk's write + fdatasync latency is probed (column
+  "fsync ms"): on a shared machine it can swing by 100x within minutes, and
+  every durable append waits on it; a swing during the run is warned.
 
 The load generator's ceiling
   The same workloads run against a trivial server (a subprocess that answers
@@ -113,6 +116,7 @@ SSE_WRITER_CONNECTIONS = 32     # the open-loop SSE writer's connection pool
 SSE_READY_TIMEOUT = 60.0        # seconds for every reader to connect and subscribe
 CONNECT_PARALLEL = 50           # connections opened at once
 GENERATOR_SHARE = 0.8           # flag a figure at >= 80% of the generator's ceiling
+DISK_SWING = 5.0                # warn when the fsync probes differ by this factor
 STATISTIC = "median"
 STREAM_PREFIX = "/v1/stream/"
 DEFAULT_REFERENCE_MODULE = "/tmp/conf-src/node_modules/@durable-streams/server"
@@ -554,6 +558,7 @@ class Result:
     metric: str
     runs: dict          # side name -> tuple of Run (one per round)
     ceiling: tuple = ()  # Runs against the trivial server
+    fsync_ms: tuple = ()  # the disk's write + fdatasync latency before each round
 
     @property
     def unit(self) -> str:
@@ -618,7 +623,7 @@ class Result:
                 "unit": self.unit, "higher_is_better": self.higher_is_better,
                 "unbroken": sides.get("unbroken"), "reference": sides.get("reference"),
                 "ratio": self.ratio, "ratio_bound": self.ratio_bound,
-                "ceiling": self.ceiling_value,
+                "fsync_ms": list(self.fsync_ms), "ceiling": self.ceiling_value,
                 "ceiling_rounds": [r.to_json() for r in self.ceiling]}
 
 
@@ -1175,8 +1180,12 @@ def start_process(name: str, description: str, cmd: list[str], ready: re.Pattern
     """Start ``cmd``; its stdout and stderr go to ``log_path``; returns once a
     stdout line matches ``ready`` (whose group 1 is the base URL)."""
     log = open(log_path, "w", buffering=1)
+    # run beside its log, not in the caller's directory: "python -m" puts the
+    # working directory first on sys.path, and a source checkout there would
+    # shadow the installed (compiled) package
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                            text=True, bufsize=1, env=env, start_new_session=True)
+                            text=True, bufsize=1, env=env, start_new_session=True,
+                            cwd=os.path.dirname(os.path.abspath(log_path)))
     found: queue.Queue = queue.Queue()
 
     def drain():
@@ -1736,6 +1745,27 @@ async def _sink_main(port: int) -> None:
 
 # ---- the plan and the runner -----------------------------------------------------------------
 
+FSYNC_PROBES = 10
+
+
+def fsync_probe(directory: str, count: int = FSYNC_PROBES, size: int = 4 * KiB) -> float:
+    """The disk's state now: median milliseconds of appending ``size`` bytes to
+    a file in ``directory`` and fdatasync'ing it, ``count`` times. Both servers
+    wait on this; on a shared machine it can swing by 100x within minutes."""
+    fd, path = tempfile.mkstemp(dir=directory, prefix="fsync-probe-")
+    try:
+        buf = os.urandom(size)
+        times = []
+        for _ in range(count):
+            t = time.perf_counter()
+            os.write(fd, buf)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return statistics.median(times) * 1e3
+
 @dataclass
 class Progress:
     """Progress lines on stderr, each with the seconds since the start."""
@@ -1792,16 +1822,21 @@ class Bench:
     """Runs the workloads against the servers, alternating them round by round."""
 
     def __init__(self, settings: Settings, sides: list[Server], sink: Server | None,
-                 progress: Progress):
+                 progress: Progress, probe_dir: str):
         self.s = settings
         self.sides = sides
         self.sink = sink
         self.progress = progress
+        self.probe_dir = probe_dir
+        self.probes: list[float] = []
 
     async def _rounds(self, label: str, metric: str, measure) -> dict:
-        """``measure(server)`` for every round and server (A B A B ...)."""
+        """``measure(server)`` for every round and server (A B A B ...); the
+        disk's fsync latency is probed before each round (into ``self.probes``)."""
         runs = {srv.name: [] for srv in self.sides}
+        self.probes = []
         for rnd in range(1, self.s.rounds + 1):
+            self.probes.append(fsync_probe(self.probe_dir))
             for srv in self.sides:
                 srv.check_alive()
                 run = await measure(srv)
@@ -1844,7 +1879,8 @@ class Bench:
                     srv, body, CONTENT_TYPES[kind], c, layout, s.warmup, s.duration))
             params = {"size": size, "type": kind, "connections": c,
                       "layout": layout if c > 1 else "shared"}
-            results.append(Result("append", label, params, "appends/s", runs, ceilings[c]))
+            results.append(Result("append", label, params, "appends/s", runs, ceilings[c],
+                                  tuple(self.probes)))
         return results
 
     async def reads(self) -> list[Result]:
@@ -1874,7 +1910,8 @@ class Bench:
                                                            s.duration))
             params = {"mode": kind, "mib": s.read_mib,
                       "message_size": READ_JSON_MESSAGE if kind == "json" else READ_OCTET_MESSAGE}
-            results.append(Result("read", label, params, "MB/s", runs, ceiling))
+            results.append(Result("read", label, params, "MB/s", runs, ceiling,
+                                  tuple(self.probes)))
         return results
 
     async def sse(self) -> list[Result]:
@@ -1891,7 +1928,8 @@ class Bench:
             runs = await self._rounds(label, "p99", measure)
             params = {"readers": readers, "rate": s.sse_rate, "duration": s.sse_duration}
             for stat in ("p50", "p99", "max"):
-                results.append(Result("sse", label, params, stat, runs, ceiling))
+                results.append(Result("sse", label, params, stat, runs, ceiling,
+                                      tuple(self.probes)))
         return results
 
     async def run(self) -> list[Result]:
@@ -1934,8 +1972,9 @@ def machine_info(sides: Sequence[Server], settings: Settings,
     return info
 
 
-TABLE_HEADER = ["workload", "params", "unit", "unbroken", "reference", "ratio", "ceiling", "flags"]
-_RIGHT = {3, 4, 5, 6}
+TABLE_HEADER = ["workload", "params", "unit", "unbroken", "reference", "ratio", "ceiling",
+                "fsync ms", "flags"]
+_RIGHT = {3, 4, 5, 6, 7}
 
 
 def table_rows(results: Sequence[Result]) -> list[list[str]]:
@@ -1955,9 +1994,10 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
         for side in ("unbroken", "reference"):
             bound = ">" if r.lower_bound(side) else ""
             cells.append(bound + _fmt_value(r.metric, r.value(side)))
+        fsync = f"{statistics.median(r.fsync_ms):.2f}" if r.fsync_ms else "-"
         rows.append([r.workload, r.label, r.unit, *cells,
                      f"{r.ratio_bound}{ratio:.2f}" if ratio is not None else "-",
-                     _fmt_value(r.metric, r.ceiling_value), " ".join(flags)])
+                     _fmt_value(r.metric, r.ceiling_value), fsync, " ".join(flags)])
     return rows
 
 
@@ -1987,6 +2027,12 @@ def render_targets(targets: Sequence[Target]) -> str:
 
 def warnings_for(results: Sequence[Result]) -> list[str]:
     out = []
+    probes = [x for r in results for x in r.fsync_ms]
+    if probes and min(probes) > 0 and max(probes) / min(probes) >= DISK_SWING:
+        out.append(f"the disk's fsync latency ranged from {min(probes):.2f} to "
+                   f"{max(probes):.2f} ms during the run (other processes?): rows measured "
+                   f"at different times are not comparable with each other; within a row "
+                   f"the servers alternated under the same conditions")
     seen = set()
     for r in results:
         for side in r.runs:
@@ -2032,7 +2078,8 @@ def render_text(results: Sequence[Result], targets: Sequence[Target], settings: 
         f"load against a trivial server (the load generator's limit); flags: gen = within "
         f"20% of that ceiling, err = errors, miss = undelivered SSE events (U unbroken, "
         f"R reference); \">\" = a lower bound (deliveries missing after "
-        f"{SSE_DRAIN:g} s count as slower than all)")
+        f"{SSE_DRAIN:g} s count as slower than all); fsync ms = median write + fdatasync "
+        f"latency of this disk, probed before each round")
     parts = [head, render_table(results), render_targets(targets)]
     if warnings:
         parts.append("warnings\n" + "\n".join(f"  {w}" for w in warnings))
@@ -2081,7 +2128,7 @@ def run(args: argparse.Namespace) -> int:
                                      dir=settings.directory) as root:
         try:
             sides, sink = _start_servers(settings, root, started, progress)
-            results = asyncio.run(Bench(settings, sides, sink, progress).run())
+            results = asyncio.run(Bench(settings, sides, sink, progress, root).run())
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)
             return 130

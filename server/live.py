@@ -161,22 +161,10 @@ async def _wait_store(ctx, path: str, offset: int, timeout: float) -> bool:
 
 
 async def wait(ctx, path: str, offset: int, timeout: float) -> bool:
-    """Wait for data after ``offset``, a close, a delete, or the server's shutdown."""
-    if ctx.shutdown_event is None:
-        return await _wait_store(ctx, path, offset, timeout)
-    result = False
-    async with anyio.create_task_group() as tg:
-        async def waiter():
-            nonlocal result
-            try:
-                result = await _wait_store(ctx, path, offset, timeout)
-            finally:
-                tg.cancel_scope.cancel()
+    """Wait for data after ``offset``, a close, a delete, or the server's shutdown.
 
-        async def stopper():
-            await ctx.shutdown_event.wait()
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(waiter)
-        tg.start_soon(stopper)
-    return result
+    Shutdown needs no watcher of its own: :meth:`ServerContext.shutdown` wakes
+    every waiter through the store's notifier, and callers check
+    ``ctx.shutting_down`` before they wait (with no await in between).
+    """
+    return await _wait_store(ctx, path, offset, timeout)

@@ -270,7 +270,7 @@ def test_render_text_and_json():
     text = hb.render_text(results, targets, settings, machine, ["a warning"])
     lines = text.splitlines()
     header = next(ln for ln in lines if ln.startswith("workload"))
-    assert header.split() == hb.TABLE_HEADER
+    assert header.split() == " ".join(hb.TABLE_HEADER).split()
     assert any(re.match(r"append\s+100B octet c=16 shared\s+appends/s\s+5,000\s+1,000\s+5\.00\s+"
                         r"40,000", ln) for ln in lines)
     assert re.search(r"PASS\s+appends/s 100B octet c=16 shared: unbroken / reference\s+"
@@ -283,6 +283,24 @@ def test_render_text_and_json():
     assert first["unbroken"]["value"] == 5000 and first["reference"]["value"] == 1000
     assert first["ratio"] == 5.0 and first["ceiling"] == 40_000
     assert {t["status"] for t in doc["targets"]} == {"PASS", "MISS"}
+
+
+def test_fsync_probe(tmp_path):
+    ms = hb.fsync_probe(str(tmp_path), count=3)
+    assert 0 < ms < 10_000
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_swing_is_warned_and_shown():
+    def row(*probes):
+        return Result("append", "x", {}, "appends/s", {"unbroken": runs_at(100)},
+                      fsync_ms=probes)
+    assert hb.warnings_for([row(0.1, 0.12), row(0.11)]) == []
+    [w] = hb.warnings_for([row(0.1, 0.12), row(2.5)])
+    assert "ranged from 0.10 to 2.50 ms" in w
+    assert hb.table_rows([row(0.1, 0.3, 0.2)])[0][7] == "0.20"
+    assert json.loads(hb.render_json([row(0.5)], [], Settings(), {}, []))[
+        "results"][0]["fsync_ms"] == [0.5]
 
 
 def test_json_has_no_nan_or_infinity():
@@ -536,9 +554,9 @@ def test_tiny_run_against_the_reference(tmp_path, capsys):
     assert all(r["ratio"] is not None for r in doc["results"])
 
 
-def test_sink_cli_usage():
+def test_sink_cli_usage(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "unbroken_benches.http", "nonsense"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2 and "usage" in proc.stderr
 
 

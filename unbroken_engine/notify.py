@@ -18,6 +18,9 @@ class StreamNotifier:
 
     def __init__(self) -> None:
         self._events: dict[str, anyio.Event] = {}
+        #: bumped by :meth:`notify_all`, so a waiter can tell "everybody, stop"
+        #: from "your stream changed"
+        self.generation = 0
 
     def notify(self, path: str) -> None:
         """Wake every task waiting on ``path`` (an append, a close, a delete)."""
@@ -27,6 +30,7 @@ class StreamNotifier:
 
     def notify_all(self) -> None:
         """Wake every waiter (shutdown: live readers end cleanly)."""
+        self.generation += 1
         events, self._events = self._events, {}
         for event in events.values():
             event.set()

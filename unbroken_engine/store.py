@@ -232,7 +232,8 @@ class StreamStore(abc.ABC):
         """Wait until there is data after ``offset`` or the stream is closed.
 
         Woken by appends and closes of this path only (not of a fork's source),
-        never by polling. :return: False on timeout.
+        never by polling. :return: False on timeout, and when :meth:`notify_all`
+        ends every wait (shutdown).
 
         :raises StreamNotFound, StreamSoftDeleted: the stream went away
         """

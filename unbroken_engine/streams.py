@@ -555,6 +555,7 @@ class BaseStreamStore(StreamStore):
 
     async def wait_for_messages(self, path: str, offset: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
+        generation = self._notifier.generation
         while True:
             s = self._lookup(path)
             if self._visible_end(s) > offset or self._closed_visible(s):
@@ -562,6 +563,8 @@ class BaseStreamStore(StreamStore):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not await self._notifier.wait(path, remaining):
                 return False
+            if self._notifier.generation != generation:
+                return False  # notify_all(): the store is closing or the server stopping
 
     # ---- delete, list, sweep, close ------------------------------------------------------
 

@@ -157,7 +157,11 @@ class Child:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(directory), path, ctype, str(cycle),
              str(writers), str(first_seq)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            # not the repository root: "-c" puts the working directory first
+            # on sys.path, where the uncompiled source tree would shadow the
+            # installed package
+            cwd=os.path.dirname(os.path.abspath(directory)))
         self.lines: list[bytes] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
