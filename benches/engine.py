@@ -210,7 +210,7 @@ def positive_float(text: str) -> float:
     except ValueError:
         x = math.nan
     if not (x > 0 and math.isfinite(x)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
     return x
 
 

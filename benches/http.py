@@ -92,7 +92,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 from urllib.parse import quote, urlsplit
 
-from .engine import KiB, MiB, fmt_size, parse_size
+from .engine import (KiB, MiB, _split, _unique, existing_dir, fmt_size, parse_size,
+                     positive_float, positive_int)
 
 # ---- constants ---------------------------------------------------------------------
 
@@ -147,15 +148,8 @@ DEFAULT_SSE_RATE = 2.0
 
 # ---- parsing options (pure) ------------------------------------------------------------
 
-def _split(text: str, what: str) -> list[str]:
-    items = [t.strip() for t in text.split(",")]
-    if not text.strip() or any(not t for t in items):
-        raise argparse.ArgumentTypeError(f"{what}: expected a comma-separated list, got {text!r}")
-    return items
 
 
-def _unique(values) -> tuple:
-    return tuple(dict.fromkeys(values))
 
 
 def _choices(text: str, what: str, allowed: Sequence[str]) -> tuple[str, ...]:
@@ -237,24 +231,8 @@ def split_url(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 80
 
 
-def positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return n
 
 
-def positive_float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        x = math.nan
-    if not (x > 0 and math.isfinite(x)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return x
 
 
 def non_negative_float(text: str) -> float:
@@ -267,10 +245,6 @@ def non_negative_float(text: str) -> float:
     return x
 
 
-def existing_dir(text: str) -> str:
-    if not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an existing directory")
-    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
