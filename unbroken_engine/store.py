@@ -152,7 +152,8 @@ class StoreRecovery:
 
     def summary(self) -> str:
         """One human line: ``3 streams recovered in 0.01 s, 0 bytes cut ...``."""
-        line = (f"{self.streams} streams recovered in {self.seconds:.3f} s, "
+        noun = "stream" if self.streams == 1 else "streams"
+        line = (f"{self.streams} {noun} recovered in {self.seconds:.3f} s, "
                 f"{self.bytes_cut} bytes of torn tails cut, "
                 f"{self.indexes_rebuilt} indexes rebuilt")
         if self.corrupt:
