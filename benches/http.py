@@ -120,7 +120,8 @@ GENERATOR_SHARE = 0.8           # flag a figure at >= 80% of the generator's cei
 DISK_SWING = 5.0                # warn when the fsync probes differ by this factor
 STATISTIC = "median"
 STREAM_PREFIX = "/v1/stream/"
-DEFAULT_REFERENCE_MODULE = "/tmp/conf-src/node_modules/@durable-streams/server"
+# where `npm install @durable-streams/server@0.3.7` puts it, run in the current directory
+DEFAULT_REFERENCE_MODULE = os.path.join("node_modules", "@durable-streams", "server")
 REFERENCE_ENV = "UNBROKEN_BENCH_REFERENCE"
 LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_server.mjs")
 _T0 = time.perf_counter_ns()    # SSE timestamps are relative to this (small numbers)
@@ -1209,8 +1210,9 @@ def reference_entry(module: str | None) -> str:
     if os.path.isdir(path):
         path = os.path.join(path, "dist", "index.js")
     if not os.path.isfile(path):
-        raise RuntimeError(f"reference server package not found at {path} "
-                           f"(give --reference-module or set ${REFERENCE_ENV})")
+        raise RuntimeError(f"reference server package not found at {path}: install it with "
+                           f"`npm install @durable-streams/server@0.3.7` in this directory, "
+                           f"or give --reference-module or set ${REFERENCE_ENV}")
     return os.path.abspath(path)
 
 

@@ -3,7 +3,7 @@
 Each test runs against every store in :data:`STORE_FACTORIES` (and on both
 anyio backends). ``Lnnnn`` in a docstring is the line of the conformance test
 (``@durable-streams/server-conformance-tests`` ``src/index.ts``) that pins the
-rule; ``A<n>.<m>`` is the section of /work/shared-notes/conformance-rules.md.
+rule; ``A<n>.<m>`` is the section of docs/conformance-rules.md.
 
 Time is a :class:`FakeClock` handed to the store (``clock=``): TTL tests
 advance it instead of sleeping. The only real waits are the short timeouts of
