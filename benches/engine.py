@@ -52,6 +52,7 @@ Examples
   unbroken bench engine --sizes 1KiB --durability always --writers 1,64
   unbroken bench engine --only read,recover --read-mib 1024
   unbroken bench engine --quick --json > bench.json
+  unbroken bench engine --quick --plot engine.png   (pip install 'unbroken[plot]')
 """
 from __future__ import annotations
 
@@ -259,6 +260,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print machine-readable JSON instead of the table")
     add("--dir", type=existing_dir, default=None, metavar="PATH",
         help="where to create the scratch directories (default: the system temp dir)")
+    from . import plot
+    plot.add_argument(parser)
 
 
 @dataclass(frozen=True)
@@ -955,7 +958,12 @@ def _finite(x):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``unbroken bench engine``; returns the exit status (0 even on MISS)."""
+    """Run ``unbroken bench engine``; returns the exit status (0 even on MISS;
+    2 when --plot is given and matplotlib is missing, before any measurement)."""
+    from . import plot
+    status = plot.check(args, "engine")
+    if status is not None:
+        return status
     settings = Settings.from_args(args)
     jobs = plan(settings)
     with tempfile.TemporaryDirectory(prefix="unbroken-bench-", dir=settings.directory) as root:
@@ -968,4 +976,8 @@ def run(args: argparse.Namespace) -> int:
     targets = evaluate_targets(results, settings)
     render = render_json if settings.as_json else render_text
     print(render(results, targets, settings, machine_info(settings.directory)))
+    path = getattr(args, "plot", None)
+    if path:
+        plot.plot_engine(results, path)
+        print(f"plot written to {path}", file=sys.stderr)
     return 0

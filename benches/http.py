@@ -28,7 +28,7 @@ Workloads
             it does not wait for an answer before the next POST (a small pool
             of connections), so a slow server cannot slow it down and hide its
             own latency. A reader's latency is its arrival time (stamped when
-            the bytes come off the socket) minus T. p50, p99 and max over every
+            the bytes come off the socket) minus T. p50, p90, p99 and max over every
             delivery of every round, from the exact sorted samples. Deliveries
             still missing 5 s after the last answered POST count as slower than
             all others: a percentile that falls among them is shown as a lower
@@ -66,6 +66,7 @@ Examples
   unbroken bench http --quick --compare-reference --json > http.json
   unbroken bench http --url http://127.0.0.1:9999   an already running server
   unbroken bench http --only append --sizes 1KiB --types octet --connections 64
+  unbroken bench http --quick --plot http.png       (pip install 'unbroken[plot]')
 """
 from __future__ import annotations
 
@@ -306,6 +307,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print machine-readable JSON instead of the table")
     add("--dir", type=existing_dir, default=None, metavar="PATH",
         help="where to create the servers' data directories (default: the system temp dir)")
+    from . import plot
+    plot.add_argument(parser)
 
 
 @dataclass(frozen=True)
@@ -401,7 +404,7 @@ def percentile_with_missing(sorted_values: Sequence[float], missing: int,
     return sorted_values[rank - 1], False
 
 
-STATS = {"p50": 50.0, "p99": 99.0, "max": 100.0}
+STATS = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "max": 100.0}
 
 
 @dataclass(frozen=True)
@@ -419,6 +422,7 @@ class Latency:
     max: float
     missing: int = 0
     lower_bounds: frozenset = frozenset()
+    p90: float = math.nan
 
     @classmethod
     def of_ns(cls, samples_ns: Sequence[int], missing: int = 0) -> "Latency | None":
@@ -433,14 +437,14 @@ class Latency:
             if bound:
                 bounds.add(stat)
         return cls(len(xs), values["p50"], values["p99"], values["max"], missing,
-                   frozenset(bounds))
+                   frozenset(bounds), p90=values["p90"])
 
     def get(self, stat: str) -> float:
-        return {"p50": self.p50, "p99": self.p99, "max": self.max}[stat]
+        return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "max": self.max}[stat]
 
     def to_json(self) -> dict:
         return {"count": self.count, "missing": self.missing, "p50_ms": self.p50,
-                "p99_ms": self.p99, "max_ms": self.max,
+                "p90_ms": self.p90, "p99_ms": self.p99, "max_ms": self.max,
                 "lower_bounds": sorted(self.lower_bounds)}
 
 
@@ -492,6 +496,7 @@ METRICS = {
     "appends/s": ("appends/s", True),
     "MB/s": ("MB/s", True),
     "p50": ("ms p50", False),
+    "p90": ("ms p90", False),
     "p99": ("ms p99", False),
     "max": ("ms max", False),
 }
@@ -1776,7 +1781,7 @@ def _fmt_run(metric: str, run: Run) -> str:
         def ms(stat):
             return f"{'>' if stat in lat.lower_bounds else ''}{lat.get(stat):.2f} ms"
 
-        text = (f"p50 {ms('p50')}, p99 {ms('p99')}, max {ms('max')}" if lat
+        text = (f"p50 {ms('p50')}, p90 {ms('p90')}, p99 {ms('p99')}, max {ms('max')}" if lat
                 else "no deliveries")
     cpu = []
     if run.server_cpu is not None:
@@ -1903,7 +1908,7 @@ class Bench:
             ceiling = await self._ceiling(label, "p99", measure)
             runs = await self._rounds(label, "p99", measure)
             params = {"readers": readers, "rate": s.sse_rate, "duration": s.sse_duration}
-            for stat in ("p50", "p99", "max"):
+            for stat in ("p50", "p90", "p99", "max"):
                 results.append(Result("sse", label, params, stat, runs, ceiling,
                                       tuple(self.probes)))
         return results
@@ -2095,7 +2100,12 @@ def _finite(x):
 # ---- entry point ----------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``unbroken bench http``; returns the exit status (0 even on MISS)."""
+    """Run ``unbroken bench http``; returns the exit status (0 even on MISS;
+    2 when --plot is given and matplotlib is missing, before any server starts)."""
+    from . import plot
+    status = plot.check(args, "http")
+    if status is not None:
+        return status
     settings = Settings.from_args(args)
     progress = Progress()
     load_before = load_average()
@@ -2121,6 +2131,10 @@ def run(args: argparse.Namespace) -> int:
     render = render_json if settings.as_json else render_text
     print(render(results, targets, settings, machine_info(sides, settings, load_before),
                  warnings))
+    path = getattr(args, "plot", None)
+    if path:
+        plot.plot_http(results, path)
+        progress.say(f"plot written to {path}")
     return 0
 
 

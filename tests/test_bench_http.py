@@ -155,11 +155,12 @@ def test_latency_summary_in_ms():
     samples = [i * NS for i in range(100, 0, -1)]  # 1..100 ms, in any order
     lat = Latency.of_ns(samples)
     assert (lat.count, lat.p50, lat.p99, lat.max) == (100, 50.0, 99.0, 100.0)
+    assert lat.p90 == 90.0 and lat.get("p90") == 90.0 and lat.to_json()["p90_ms"] == 90.0
     assert lat.lower_bounds == frozenset()
     assert Latency.of_ns([]) is None
     lat = Latency.of_ns(samples, missing=50)
-    assert lat.p50 == 75.0 and lat.lower_bounds == {"p99", "max"}
-    assert lat.to_json()["lower_bounds"] == ["max", "p99"]
+    assert lat.p50 == 75.0 and lat.lower_bounds == {"p90", "p99", "max"}
+    assert lat.to_json()["lower_bounds"] == ["max", "p90", "p99"]
 
 
 # ---- results, ratios, targets -------------------------------------------------------------
@@ -490,7 +491,7 @@ def check_document(doc, sides=("unbroken",)):
     assert {(r["params"]["type"], r["params"]["layout"]) for r in appends} == {
         ("octet", "shared"), ("json", "shared")}
     assert {r["metric"] for r in doc["results"] if r["workload"] == "sse"} == {
-        "p50", "p99", "max"}
+        "p50", "p90", "p99", "max"}
     reads = {r["params"]["mode"] for r in doc["results"] if r["workload"] == "read"}
     assert reads == {"octet", "json"}
 
