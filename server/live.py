@@ -20,8 +20,6 @@ import json
 import re
 import time
 
-import anyio
-
 from unbroken_engine import errors as e
 from unbroken_engine.media import is_text
 from unbroken_engine.offsets import NOW, START, format_offset
