@@ -33,6 +33,15 @@ Workloads
             still missing 5 s after the last answered POST count as slower than
             all others: a percentile that falls among them is shown as a lower
             bound (">"), and so is a ratio built on it.
+  longpoll  live=long-poll delivery latency, the same as sse (same --readers,
+            --sse-rate, --sse-duration, writer, percentiles and missing
+            deliveries) but each reader loops, on its keep-alive connection,
+            GET ?offset=O&live=long-poll&cursor=C with O its last
+            Stream-Next-Offset and C its last Stream-Cursor (a 204 at the
+            server's timeout just repeats it); it first catches up once with a
+            plain GET from offset -1. Latency: the arrival of the response
+            carrying a message minus the message's T. No target (the issue sets
+            none for long-poll).
 
 How figures are taken
   Servers are measured one at a time: in each round every workload runs against
@@ -49,7 +58,7 @@ How figures are taken
 The load generator's ceiling
   The same workloads run against a trivial server (a subprocess that answers
   at once: 204 to a POST, a preallocated body to a GET, SSE fan-out to every
-  reader): column "ceiling". A figure within 20% of it (>= 80% of the
+  reader, the next POST to a waiting long-poll): column "ceiling". A figure within 20% of it (>= 80% of the
   ceiling's throughput, or a latency <= 1.25x the ceiling's) may be the
   generator's limit rather than the server's: it is flagged "gen" and warned.
 
@@ -98,7 +107,7 @@ from .engine import (KiB, MiB, _split, _unique, existing_dir, fmt_size, parse_si
 
 # ---- constants ---------------------------------------------------------------------
 
-WORKLOADS = ("append", "read", "sse")
+WORKLOADS = ("append", "read", "sse", "longpoll")
 TYPES = ("octet", "json")
 LAYOUTS = ("shared", "own")
 CONTENT_TYPES = {"octet": "application/octet-stream", "json": "application/json"}
@@ -269,9 +278,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--quick", action="store_true",
         help=f"small run (under a minute): {QUICK.rounds} rounds, {QUICK.duration:g} s "
              f"appends, shared streams only, {QUICK.read_mib} MiB reads, "
-             f"{','.join(map(str, QUICK.readers))} SSE readers")
+             f"{','.join(map(str, QUICK.readers))} SSE and long-poll readers")
     add("--only", type=workload_list, default=WORKLOADS, metavar="LIST",
-        help="run only these workloads: append,read,sse (default: all)")
+        help="run only these workloads: append,read,sse,longpoll (default: all)")
     add("--sizes", type=body_size_list, default=DEFAULT_SIZES, metavar="LIST",
         help="append body sizes, K/KiB suffixes allowed (default: 100,1KiB)")
     add("--types", type=type_list, default=TYPES, metavar="LIST",
@@ -282,7 +291,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="shared: all connections append to one stream; own: one stream each "
              "(default: shared,own; quick: shared)")
     add("--readers", type=readers_list, default=None, metavar="LIST",
-        help=f"SSE readers (default: {','.join(map(str, FULL.readers))}; quick: "
+        help=f"SSE and long-poll readers (default: {','.join(map(str, FULL.readers))}; quick: "
              f"{','.join(map(str, QUICK.readers))})")
     add("--rounds", type=positive_int, default=None, metavar="N",
         help=f"rounds per workload and server, alternating servers (default: {FULL.rounds}, "
@@ -1448,6 +1457,9 @@ class SseReader:
     and re-subscribes from the last ``streamNextOffset`` if the server ends
     the response."""
 
+    KIND = "sse"
+    RESUBSCRIBED = "re-subscriptions"
+
     def __init__(self, server: Server, path: str, deferred: DeferredFeed, sink: array.array):
         self.server, self.path, self.deferred, self.sink = server, path, deferred, sink
         self.offset = "-1"
@@ -1575,13 +1587,88 @@ class SseWriter:
             c.close()
 
 
-async def sse_run(server: Server, readers: int, rate: float, duration: float) -> Run:
-    """``readers`` SSE readers, one writer at ``rate`` messages/s for ``duration`` s."""
+class LongPollReader:
+    """One live=long-poll reader: after one catch-up GET from offset -1, loops
+    GET ?offset=<Stream-Next-Offset>&live=long-poll&cursor=<Stream-Cursor> on
+    its keep-alive connection and records each measured message's delivery
+    latency (the response's arrival minus the message's stamp)."""
+
+    KIND = "longpoll"
+    RESUBSCRIBED = "long-polls timed out (204)"
+
+    def __init__(self, server: Server, path: str, deferred: DeferredFeed, sink: array.array):
+        self.server, self.path, self.deferred, self.sink = server, path, deferred, sink
+        self.offset = "-1"
+        self.cursor: str | None = None
+        self.ready = asyncio.get_running_loop().create_future()
+        self.conn: HttpConnection | None = None
+        self.received = 0
+        self.errors = 0
+        self.resubscribes = 0
+        self.stopping = False
+
+    def target(self) -> str:
+        t = f"{self.path}?offset={quote(self.offset, safe='-_')}"
+        if self.ready.done():
+            t += "&live=long-poll"
+            if self.cursor is not None:
+                t += f"&cursor={quote(self.cursor, safe='-_')}"
+        return t
+
+    async def run(self, conn: HttpConnection) -> None:
+        self.conn = conn
+        while not self.stopping:
+            try:
+                if self.conn.closed:
+                    self.conn = await HttpConnection.open(self.server.host, self.server.port,
+                                                          self.deferred)
+                live = self.ready.done()
+                resp = await self.conn.request("GET", self.target())
+                now = self.conn.received_ns - _T0
+                if resp.status == 200:
+                    for m in _MSG_RE.finditer(resp.body):
+                        if int(m[1]) >= 0:
+                            self.sink.append(now - int(m[2]))
+                            self.received += 1
+                elif resp.status == 204:
+                    self.resubscribes += live
+                else:
+                    raise RuntimeError(f"long-poll GET {self.path}: {resp.status} "
+                                       f"{resp.body[:200]!r}")
+                self.offset = resp.header("stream-next-offset") or self.offset
+                self.cursor = resp.header("stream-cursor") or self.cursor
+                if not self.ready.done():
+                    self.ready.set_result(None)
+            except (ConnectionError, OSError, ProtocolError) as exc:
+                if self.stopping:
+                    return
+                self.errors += 1
+                if not self.ready.done():
+                    self.ready.set_exception(exc)
+                    return
+                await asyncio.sleep(0.05)
+            except RuntimeError as exc:
+                if not self.ready.done():
+                    self.ready.set_exception(exc)
+                self.errors += 1
+                return
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.conn is not None:
+            self.conn.close()
+
+
+async def sse_run(server: Server, readers: int, rate: float, duration: float,
+                  reader_cls=None) -> Run:
+    """``readers`` SSE readers (or ``reader_cls`` ones: LongPollReader), one
+    writer at ``rate`` messages/s for ``duration`` s."""
+    reader_cls = reader_cls or SseReader
     host, port = server.host, server.port
-    path = stream_name("sse")
+    path = stream_name(reader_cls.KIND)
     deferred = DeferredFeed()
     sink = array.array("q")
-    subs: list[SseReader] = []
+    subs: list = []
     tasks: list = []
     writer = SseWriter(server, path)
     try:
@@ -1591,7 +1678,7 @@ async def sse_run(server: Server, readers: int, rate: float, duration: float) ->
         finally:
             setup.close()
         conns = await open_connections(host, port, readers, deferred)
-        subs = [SseReader(server, path, deferred, sink) for _ in conns]
+        subs = [reader_cls(server, path, deferred, sink) for _ in conns]
         tasks = [asyncio.ensure_future(r.run(c)) for r, c in zip(subs, conns)]
         await asyncio.wait_for(asyncio.gather(*(r.ready for r in subs)), SSE_READY_TIMEOUT)
         await writer.write(-SSE_WARMUP_MESSAGES, 0, rate)   # warm-up: never counted
@@ -1620,7 +1707,7 @@ async def sse_run(server: Server, readers: int, rate: float, duration: float) ->
         if unanswered:
             note += f"; {unanswered} POSTs unanswered"
         if resub:
-            note += f"; {resub} re-subscriptions"
+            note += f"; {resub} {reader_cls.RESUBSCRIBED}"
         if writer.first_error:
             note += f"; first error: {writer.first_error}"
         return Run(seconds, received, 0, errors, array.array("q", sink),
@@ -1644,9 +1731,13 @@ _SINK_PIECE = b"x" * (1 * MiB)
 class _SinkProtocol(asyncio.Protocol):
     """Answers at once: PUT 201, POST 204 (and fans an SSE event out to every
     subscriber of the path), GET ?live=sse subscribes, other GETs return the
-    next 1 MiB of a stream of read-<total> bytes."""
+    next 1 MiB of a stream of read-<total> bytes, except on a *-longpoll-*
+    stream: its POST bodies from the offset as a JSON array (a live=long-poll
+    GET with none waits for the next POST)."""
 
     subscribers: dict = {}
+    streams: dict = {}   # *-longpoll-* path -> its POST bodies (offset = their count)
+    waiters: dict = {}   # path -> protocols whose long-poll waits for the next POST
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -1656,6 +1747,17 @@ class _SinkProtocol(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         if self.sse_path is not None:
             self.subscribers.get(self.sse_path, set()).discard(self.transport)
+        for waiting in self.waiters.values():
+            if self in waiting:
+                waiting.remove(self)
+
+    def messages(self, path: bytes, offset: int) -> None:
+        msgs = self.streams[path]
+        body = b"[" + b",".join(msgs[offset:]) + b"]"
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Stream-Next-Offset: %d\r\nStream-Cursor: 1\r\n"
+                             b"Stream-Up-To-Date: true\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(msgs), len(body), body))
 
     def data_received(self, data: bytes) -> None:
         if self.sse_path is not None:
@@ -1682,8 +1784,14 @@ class _SinkProtocol(asyncio.Protocol):
         path, _, query = target.partition(b"?")
         w = self.transport.write
         if method == b"PUT":
+            if b"-longpoll-" in path:
+                self.streams[path] = []
             w(b"HTTP/1.1 201 Created\r\nStream-Next-Offset: 0\r\nContent-Length: 0\r\n\r\n")
         elif method == b"POST":
+            if path in self.streams:
+                self.streams[path].append(body)
+                for proto in self.waiters.pop(path, []):
+                    proto.messages(path, len(self.streams[path]) - 1)
             subs = self.subscribers.get(path)
             if subs:
                 event = (b"event: data\ndata:" + body + b"\n\nevent: control\n"
@@ -1698,6 +1806,13 @@ class _SinkProtocol(asyncio.Protocol):
             event = b'event: control\ndata:{"streamNextOffset":"0","upToDate":true}\n\n'
             w(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
               b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(event), event))
+        elif method == b"GET" and path in self.streams:
+            m = re.search(rb"offset=(\d+)", query)
+            offset = int(m[1]) if m else 0
+            if offset < len(self.streams[path]) or b"live=long-poll" not in query:
+                self.messages(path, offset)
+            else:
+                self.waiters.setdefault(path, []).append(self)
         elif method == b"GET":
             m = re.search(rb"read-(?:\w+-)?(\d+)", path)
             total = int(m[1]) if m else len(_SINK_PIECE)
@@ -1895,21 +2010,23 @@ class Bench:
                                   tuple(self.probes)))
         return results
 
-    async def sse(self) -> list[Result]:
+    async def sse(self, reader_cls=None) -> list[Result]:
         s = self.s
+        reader_cls = reader_cls or SseReader
+        workload = reader_cls.KIND
         results = []
         for readers in s.readers:
             label = f"{readers} readers, {s.sse_rate:g} msg/s"
-            self.progress.say(f"[sse] {label}, {s.sse_duration:g} s per round")
+            self.progress.say(f"[{workload}] {label}, {s.sse_duration:g} s per round")
 
             def measure(srv, readers=readers):
-                return sse_run(srv, readers, s.sse_rate, s.sse_duration)
+                return sse_run(srv, readers, s.sse_rate, s.sse_duration, reader_cls)
 
             ceiling = await self._ceiling(label, "p99", measure)
             runs = await self._rounds(label, "p99", measure)
             params = {"readers": readers, "rate": s.sse_rate, "duration": s.sse_duration}
             for stat in ("p50", "p90", "p99", "max"):
-                results.append(Result("sse", label, params, stat, runs, ceiling,
+                results.append(Result(workload, label, params, stat, runs, ceiling,
                                       tuple(self.probes)))
         return results
 
@@ -1921,6 +2038,8 @@ class Bench:
             results += await self.reads()
         if "sse" in self.s.only:
             results += await self.sse()
+        if "longpoll" in self.s.only:
+            results += await self.sse(LongPollReader)
         return results
 
 
@@ -1995,6 +2114,8 @@ def render_table(results: Sequence[Result]) -> str:
 
 
 def render_targets(targets: Sequence[Target]) -> str:
+    if not targets:
+        return "targets: none for these workloads"
     width = max(len(t.label) for t in targets)
     lines = ["targets (reporting only: the exit status is 0 either way)"]
     for t in targets:
@@ -2052,12 +2173,13 @@ def render_text(results: Sequence[Result], targets: Sequence[Target], settings: 
         f"one gets no requests); each shares the {machine['cpu_count']} CPUs with the load "
         f"generator\n"
         f"figures: throughput = {STATISTIC} of {settings.rounds} rounds (appends: "
-        f"{settings.warmup:g} s warm-up + {settings.duration:g} s timed); SSE latency = "
-        f"percentile of all deliveries of all rounds, POST sent -> event received; "
+        f"{settings.warmup:g} s warm-up + {settings.duration:g} s timed); SSE and long-poll "
+        f"latency = percentile of all deliveries of all rounds, POST sent -> event (or "
+        f"long-poll response) received; "
         f"MB = 10^6 payload bytes\n"
         f"ratio = unbroken / reference (for latencies lower is better); ceiling = the same "
         f"load against a trivial server (the load generator's limit); flags: gen = within "
-        f"20% of that ceiling, err = errors, miss = undelivered SSE events (U unbroken, "
+        f"20% of that ceiling, err = errors, miss = undelivered SSE/long-poll messages (U unbroken, "
         f"R reference); \">\" = a lower bound (deliveries missing after "
         f"{SSE_DRAIN:g} s count as slower than all); fsync ms = median write + fdatasync "
         f"latency of this disk, probed before each round")
@@ -2077,7 +2199,7 @@ def render_json(results: Sequence[Result], targets: Sequence[Target], settings: 
         "machine": machine,
         "statistic": STATISTIC,
         "method": "servers measured one at a time, rounds alternating; throughput is the "
-                  "median of rounds; SSE latencies are nearest-rank percentiles of every "
+                  "median of rounds; SSE and long-poll latencies are nearest-rank percentiles of every "
                   "delivery of every round",
         "settings": settings.to_json(),
         "results": [r.to_json() for r in results],

@@ -170,7 +170,7 @@ def plot_engine(results: Sequence, path: str) -> str:
 def http_panels(results: Sequence) -> dict:
     """Subplots of ``unbroken bench http`` results (http.Result objects): appends/s
     against connections (one line per server, size, type and layout); read MB/s
-    per mode; SSE latency percentiles against readers."""
+    per mode; SSE and long-poll latency percentiles against readers."""
     append: dict = {}
     read: dict = {}
     sse: dict = {}
@@ -183,12 +183,12 @@ def http_panels(results: Sequence) -> dict:
                      p["connections"], v)
             elif r.workload == "read":
                 _add(read, side, p["mode"], v)
-            elif r.workload == "sse":
-                _add(sse, f"{side} {r.metric}", p["readers"], v)
+            elif r.workload in ("sse", "longpoll"):
+                _add(sse, f"{side} {r.workload} {r.metric}", p["readers"], v)
     return {
         "append: closed-loop connections": ("connections", "appends/s", append, True),
         "catch-up read": ("mode", "MB/s", read, True),
-        "SSE delivery latency": ("readers", "ms", sse, True),
+        "live delivery latency (SSE, long-poll)": ("readers", "ms", sse, True),
     }
 
 

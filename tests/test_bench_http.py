@@ -51,6 +51,7 @@ def test_defaults_and_quick():
     assert full.connections == (1, 16, 64) and full.layouts == ("shared", "own")
     assert full.readers == (100, 1000) and full.read_mib == 100
     assert not full.comparing and full.url is None
+    assert full.only == ("append", "read", "sse", "longpoll")  # long-poll is in the default set
     quick = Settings.from_args(parse("--quick"))
     assert quick.readers == (100,) and quick.read_mib == 20 and quick.layouts == ("shared",)
     assert quick.rounds >= 2  # still A B A B
@@ -94,6 +95,7 @@ def test_lists():
     assert hb.type_list("JSON,octet") == ("json", "octet")
     assert hb.layout_list("own") == ("own",)
     assert hb.workload_list("sse,append") == ("sse", "append")
+    assert hb.workload_list("append,read,sse,LongPoll") == ("append", "read", "sse", "longpoll")
     assert hb.body_size_list("100,1KiB") == (100, 1024)
 
 
@@ -476,7 +478,7 @@ def check_document(doc, sides=("unbroken",)):
     assert set(doc) == {"machine", "statistic", "method", "settings", "results", "targets",
                         "warnings"}
     workloads = {r["workload"] for r in doc["results"]}
-    assert workloads == {"append", "read", "sse"}
+    assert workloads == {"append", "read", "sse", "longpoll"}
     for r in doc["results"]:
         assert {"name", "workload", "label", "params", "metric", "unit", "unbroken",
                 "reference", "ratio", "ceiling"} <= set(r)
@@ -492,6 +494,19 @@ def check_document(doc, sides=("unbroken",)):
         ("octet", "shared"), ("json", "shared")}
     assert {r["metric"] for r in doc["results"] if r["workload"] == "sse"} == {
         "p50", "p90", "p99", "max"}
+    longpoll = [r for r in doc["results"] if r["workload"] == "longpoll"]
+    assert [(r["metric"], r["unit"]) for r in longpoll] == [
+        ("p50", "ms p50"), ("p90", "ms p90"), ("p99", "ms p99"), ("max", "ms max")]
+    for r in longpoll:
+        assert r["params"] == {"readers": 3, "rate": 10.0, "duration": 0.5}
+        assert r["name"] == f"longpoll 3 readers, 10 msg/s {r['unit']}"
+        for side in sides:
+            lat = r[side]["latency"]
+            assert set(lat) == {"count", "missing", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+                                "lower_bounds"}
+            assert lat["count"] == 5 * 3 and lat["missing"] == 0 and lat["lower_bounds"] == []
+            assert r[side]["value"] == lat[f"{r['metric']}_ms"]
+            assert r[side]["rounds"][0]["latency"]["count"] == 5 * 3
     reads = {r["params"]["mode"] for r in doc["results"] if r["workload"] == "read"}
     assert reads == {"octet", "json"}
 
@@ -515,6 +530,17 @@ def test_tiny_run_compares_two_servers_as_text(memory_server, capsys):
     assert re.search(r"append\s+100B octet c=2 shared\s+appends/s\s+[\d,]+\s+[\d,]+\s+\d+\.\d\d",
                      text)
     assert re.search(r"(PASS|MISS)\s+appends/s 100B octet c=2 shared", text)
+
+
+def test_tiny_longpoll_only_run_as_text(memory_server, capsys):
+    """--only longpoll: its four latency rows, and no targets (the issue sets none)."""
+    argv = ["bench", "http", "--url", memory_server,
+            *[a for a in TINY if a != "--json"], "--only", "longpoll"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    for stat in ("p50", "p90", "p99", "max"):
+        assert re.search(rf"longpoll\s+3 readers, 10 msg/s\s+ms {stat}\s+\d+\.\d\d", text)
+    assert "targets: none for these workloads" in text
 
 
 def test_unreachable_url_is_an_error_not_a_traceback(capsys):
