@@ -102,8 +102,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 from urllib.parse import quote, urlsplit
 
-from .engine import (KiB, MiB, _split, _unique, existing_dir, fmt_size, parse_size,
-                     positive_float, positive_int)
+from .engine import (KiB, MiB, _finite, _split, _unique, existing_dir, fmt_size,
+                     parse_size, positive_float, positive_int)
 
 # ---- constants ---------------------------------------------------------------------
 
@@ -1452,39 +1452,27 @@ async def read_run(server: Server, path: str, payload: int, min_seconds: float =
                note=f"{passes} passes, {received} body bytes in {gets} GETs")
 
 
-class SseReader:
-    """One live=sse reader: records each measured message's delivery latency,
-    and re-subscribes from the last ``streamNextOffset`` if the server ends
-    the response."""
+class _LiveReader:
+    """What the SSE and long-poll readers share: their counters, a loop that
+    reconnects after a dropped connection (and gives up, failing ``ready``,
+    when the first attempt fails or the server answers wrongly), and stop()."""
 
-    KIND = "sse"
-    RESUBSCRIBED = "re-subscriptions"
+    KIND = ""
+    RESUBSCRIBED = ""
 
     def __init__(self, server: Server, path: str, deferred: DeferredFeed, sink: array.array):
         self.server, self.path, self.deferred, self.sink = server, path, deferred, sink
         self.offset = "-1"
         self.ready = asyncio.get_running_loop().create_future()
         self.conn: HttpConnection | None = None
-        self.parser = SSEParser()
         self.received = 0
         self.errors = 0
         self.resubscribes = 0
         self.stopping = False
 
-    def on_body(self, piece) -> None:
-        now = self.conn.received_ns - _T0
-        for kind, data in self.parser.feed(piece):
-            if kind == b"data":
-                for m in _MSG_RE.finditer(data):
-                    if int(m[1]) >= 0:
-                        self.sink.append(now - int(m[2]))
-                        self.received += 1
-            elif kind == b"control":
-                m = _OFFSET_RE.search(data)
-                if m:
-                    self.offset = m[1].decode()
-                if not self.ready.done():
-                    self.ready.set_result(None)
+    async def _once(self) -> None:
+        """One request on ``self.conn``; raise RuntimeError for a wrong answer."""
+        raise NotImplementedError
 
     async def run(self, conn: HttpConnection) -> None:
         self.conn = conn
@@ -1493,13 +1481,7 @@ class SseReader:
                 if self.conn.closed:
                     self.conn = await HttpConnection.open(self.server.host, self.server.port,
                                                           self.deferred)
-                self.parser = SSEParser()
-                resp = await self.conn.request(
-                    "GET", f"{self.path}?offset={quote(self.offset, safe='-_')}&live=sse",
-                    [("Accept", "text/event-stream")], on_body=self.on_body)
-                if resp.status != 200:
-                    raise RuntimeError(f"SSE GET {self.path}: {resp.status} {resp.body[:200]!r}")
-                self.resubscribes += 1  # the server ended the response
+                await self._once()
             except (ConnectionError, OSError, ProtocolError) as exc:
                 if self.stopping:
                     return
@@ -1518,6 +1500,43 @@ class SseReader:
         self.stopping = True
         if self.conn is not None:
             self.conn.close()
+
+
+class SseReader(_LiveReader):
+    """One live=sse reader: records each measured message's delivery latency,
+    and re-subscribes from the last ``streamNextOffset`` if the server ends
+    the response."""
+
+    KIND = "sse"
+    RESUBSCRIBED = "re-subscriptions"
+
+    def __init__(self, server: Server, path: str, deferred: DeferredFeed, sink: array.array):
+        super().__init__(server, path, deferred, sink)
+        self.parser = SSEParser()
+
+    def on_body(self, piece) -> None:
+        now = self.conn.received_ns - _T0
+        for kind, data in self.parser.feed(piece):
+            if kind == b"data":
+                for m in _MSG_RE.finditer(data):
+                    if int(m[1]) >= 0:
+                        self.sink.append(now - int(m[2]))
+                        self.received += 1
+            elif kind == b"control":
+                m = _OFFSET_RE.search(data)
+                if m:
+                    self.offset = m[1].decode()
+                if not self.ready.done():
+                    self.ready.set_result(None)
+
+    async def _once(self) -> None:
+        self.parser = SSEParser()
+        resp = await self.conn.request(
+            "GET", f"{self.path}?offset={quote(self.offset, safe='-_')}&live=sse",
+            [("Accept", "text/event-stream")], on_body=self.on_body)
+        if resp.status != 200:
+            raise RuntimeError(f"SSE GET {self.path}: {resp.status} {resp.body[:200]!r}")
+        self.resubscribes += 1  # the server ended the response
 
 
 class SseWriter:
@@ -1587,7 +1606,7 @@ class SseWriter:
             c.close()
 
 
-class LongPollReader:
+class LongPollReader(_LiveReader):
     """One live=long-poll reader: after one catch-up GET from offset -1, loops
     GET ?offset=<Stream-Next-Offset>&live=long-poll&cursor=<Stream-Cursor> on
     its keep-alive connection and records each measured message's delivery
@@ -1597,15 +1616,8 @@ class LongPollReader:
     RESUBSCRIBED = "long-polls timed out (204)"
 
     def __init__(self, server: Server, path: str, deferred: DeferredFeed, sink: array.array):
-        self.server, self.path, self.deferred, self.sink = server, path, deferred, sink
-        self.offset = "-1"
+        super().__init__(server, path, deferred, sink)
         self.cursor: str | None = None
-        self.ready = asyncio.get_running_loop().create_future()
-        self.conn: HttpConnection | None = None
-        self.received = 0
-        self.errors = 0
-        self.resubscribes = 0
-        self.stopping = False
 
     def target(self) -> str:
         t = f"{self.path}?offset={quote(self.offset, safe='-_')}"
@@ -1615,48 +1627,24 @@ class LongPollReader:
                 t += f"&cursor={quote(self.cursor, safe='-_')}"
         return t
 
-    async def run(self, conn: HttpConnection) -> None:
-        self.conn = conn
-        while not self.stopping:
-            try:
-                if self.conn.closed:
-                    self.conn = await HttpConnection.open(self.server.host, self.server.port,
-                                                          self.deferred)
-                live = self.ready.done()
-                resp = await self.conn.request("GET", self.target())
-                now = self.conn.received_ns - _T0
-                if resp.status == 200:
-                    for m in _MSG_RE.finditer(resp.body):
-                        if int(m[1]) >= 0:
-                            self.sink.append(now - int(m[2]))
-                            self.received += 1
-                elif resp.status == 204:
-                    self.resubscribes += live
-                else:
-                    raise RuntimeError(f"long-poll GET {self.path}: {resp.status} "
-                                       f"{resp.body[:200]!r}")
-                self.offset = resp.header("stream-next-offset") or self.offset
-                self.cursor = resp.header("stream-cursor") or self.cursor
-                if not self.ready.done():
-                    self.ready.set_result(None)
-            except (ConnectionError, OSError, ProtocolError) as exc:
-                if self.stopping:
-                    return
-                self.errors += 1
-                if not self.ready.done():
-                    self.ready.set_exception(exc)
-                    return
-                await asyncio.sleep(0.05)
-            except RuntimeError as exc:
-                if not self.ready.done():
-                    self.ready.set_exception(exc)
-                self.errors += 1
-                return
-
-    def stop(self) -> None:
-        self.stopping = True
-        if self.conn is not None:
-            self.conn.close()
+    async def _once(self) -> None:
+        live = self.ready.done()
+        resp = await self.conn.request("GET", self.target())
+        now = self.conn.received_ns - _T0
+        if resp.status == 200:
+            for m in _MSG_RE.finditer(resp.body):
+                if int(m[1]) >= 0:
+                    self.sink.append(now - int(m[2]))
+                    self.received += 1
+        elif resp.status == 204:
+            self.resubscribes += live
+        else:
+            raise RuntimeError(f"long-poll GET {self.path}: {resp.status} "
+                               f"{resp.body[:200]!r}")
+        self.offset = resp.header("stream-next-offset") or self.offset
+        self.cursor = resp.header("stream-cursor") or self.cursor
+        if not self.ready.done():
+            self.ready.set_result(None)
 
 
 async def sse_run(server: Server, readers: int, rate: float, duration: float,
@@ -2207,16 +2195,6 @@ def render_json(results: Sequence[Result], targets: Sequence[Target], settings: 
         "warnings": list(warnings),
     }
     return json.dumps(_finite(doc), indent=2, allow_nan=False)
-
-
-def _finite(x):
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 # ---- entry point ----------------------------------------------------------------------------
