@@ -127,6 +127,27 @@ class LogClosedError(UnbrokenError):
 ClosedSegmentError = LogClosedError
 
 
+class BackendUnavailable(UnbrokenError):
+    """The shared store's backend (Redis, PostgreSQL) cannot be reached or
+    failed mid-request. Nothing was acknowledged: a retried append is safe
+    (with producer headers it is deduplicated if the first one did land)."""
+
+    status_hint = 503
+
+
+class BackendSchemaError(UnbrokenError):
+    """The backend holds data of a newer schema version than this Unbroken
+    knows, or data it cannot read; it is left untouched."""
+
+    status_hint = 500
+
+
+class MissingExtra(UnbrokenError, ImportError):
+    """An optional dependency is not installed; the message names the extra."""
+
+    status_hint = 500
+
+
 # ---- stream-level errors (the stores) ----------------------------------------
 
 class StreamNotFound(UnbrokenError, KeyError):

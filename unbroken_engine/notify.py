@@ -35,6 +35,32 @@ class StreamNotifier:
         for event in events.values():
             event.set()
 
+    def wake_waiters(self) -> None:
+        """Wake every waiter to look again, without meaning "stop" (the
+        generation stays): a shared store calls this after its notification
+        channel reconnects, since notifications may have been missed."""
+        events, self._events = self._events, {}
+        for event in events.values():
+            event.set()
+
+    def event(self, path: str) -> anyio.Event:
+        """The event the next notification on ``path`` sets. A caller that must
+        await between its check and its wait (a shared store reads the backend)
+        takes the event *before* the check and waits on it with
+        :meth:`wait_event`, so no notification falls in between."""
+        event = self._events.get(path)
+        if event is None:
+            event = self._events[path] = anyio.Event()
+        return event
+
+    @staticmethod
+    async def wait_event(event: anyio.Event, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``event``; :return: True when set."""
+        with anyio.move_on_after(timeout):
+            await event.wait()
+            return True
+        return False
+
     async def wait(self, path: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a notification on ``path``.
 

@@ -153,12 +153,53 @@ class Stream:
             self.closed_at = end
 
 
-def _check_producer(p) -> None:
+def check_producer(p) -> None:
+    """Raise InvalidRequest unless the producer headers are well-formed."""
     if not isinstance(p.id, str) or not p.id:
         raise errors.InvalidRequest("a producer id must be a non-empty string")
     for name, value in (("epoch", p.epoch), ("seq", p.seq)):
         if not isinstance(value, int) or not 0 <= value <= MAX_PRODUCER_NUMBER:
             raise errors.InvalidRequest(f"producer {name} must be an integer from 0 to 2^53-1")
+
+
+def check_create_options(o: CreateOptions) -> None:
+    """The checks of a create's options that need no stream.
+
+    :raises InvalidRequest: TTL with an expiry, a negative TTL or sub-offset,
+        a fork offset without a fork source
+    """
+    if o.ttl is not None and o.expires_at is not None:
+        raise errors.InvalidRequest("Stream-TTL and Stream-Expires-At are exclusive")
+    if o.ttl is not None and o.ttl < 0:
+        raise errors.InvalidRequest("Stream-TTL must not be negative")
+    if o.fork_sub_offset < 0:
+        raise errors.InvalidRequest("fork sub-offset must not be negative")
+    if o.fork_from is None and (o.fork_offset is not None or o.fork_sub_offset):
+        raise errors.InvalidRequest("a fork offset needs a fork source")
+
+
+def check_same_config(s, o: CreateOptions) -> None:
+    """Raise ConfigMismatch unless a create asking for ``o`` matches the
+    existing stream ``s`` (anything with ``requested``, ``media``, ``path``
+    and ``fork_offset``): the rule for an idempotent ``PUT``."""
+    req = s.requested
+    if o.content_type is not None:
+        wanted = media_type(o.content_type)
+    elif o.fork_from is not None and req.fork_from is not None:
+        wanted = s.media  # a fork without a type inherits its source's
+    else:
+        wanted = media_type(DEFAULT_CONTENT_TYPE)
+    differs = [name for name, same in (
+        ("content type", wanted == s.media),
+        ("Stream-TTL", o.ttl == req.ttl),
+        ("Stream-Expires-At", o.expires_at == req.expires_at),
+        ("fork source", o.fork_from == req.fork_from),
+        ("fork offset", o.fork_offset is None or o.fork_offset == s.fork_offset),
+        ("fork sub-offset", o.fork_sub_offset == req.fork_sub_offset),
+    ) if not same]
+    if differs:
+        raise errors.ConfigMismatch(
+            f"stream {s.path!r} exists with a different " + ", ".join(differs))
 
 
 def record_attrs(producer, seq: str | None) -> bytes:
@@ -292,14 +333,7 @@ class BaseStreamStore(StreamStore):
     async def create(self, path: str, options: CreateOptions = CreateOptions()) -> CreateResult:
         check_path(path)
         o = options
-        if o.ttl is not None and o.expires_at is not None:
-            raise errors.InvalidRequest("Stream-TTL and Stream-Expires-At are exclusive")
-        if o.ttl is not None and o.ttl < 0:
-            raise errors.InvalidRequest("Stream-TTL must not be negative")
-        if o.fork_sub_offset < 0:
-            raise errors.InvalidRequest("fork sub-offset must not be negative")
-        if o.fork_from is None and (o.fork_offset is not None or o.fork_sub_offset):
-            raise errors.InvalidRequest("a fork offset needs a fork source")
+        check_create_options(o)
         async with self._structure_lock():
             existing = self._existing(path)
             if existing is not None:
@@ -317,24 +351,7 @@ class BaseStreamStore(StreamStore):
         return s
 
     def _check_same_config(self, s: Stream, o: CreateOptions) -> None:
-        req = s.requested
-        if o.content_type is not None:
-            wanted = media_type(o.content_type)
-        elif o.fork_from is not None and req.fork_from is not None:
-            wanted = s.media  # a fork without a type inherits its source's
-        else:
-            wanted = media_type(DEFAULT_CONTENT_TYPE)
-        differs = [name for name, same in (
-            ("content type", wanted == s.media),
-            ("Stream-TTL", o.ttl == req.ttl),
-            ("Stream-Expires-At", o.expires_at == req.expires_at),
-            ("fork source", o.fork_from == req.fork_from),
-            ("fork offset", o.fork_offset is None or o.fork_offset == s.fork_offset),
-            ("fork sub-offset", o.fork_sub_offset == req.fork_sub_offset),
-        ) if not same]
-        if differs:
-            raise errors.ConfigMismatch(
-                f"stream {s.path!r} exists with a different " + ", ".join(differs))
+        check_same_config(s, o)
 
     async def _create_new(self, path: str, o: CreateOptions) -> CreateResult:
         source = None
@@ -443,7 +460,7 @@ class BaseStreamStore(StreamStore):
             raise errors.EmptyBody("an append needs data (or a close)")
         p = o.producer
         if p is not None:
-            _check_producer(p)
+            check_producer(p)
         if s.closed:
             await self._settled(s)  # report the tail the closing append acknowledged
             return self._append_to_closed(s, o, close_only)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import anyio
@@ -83,28 +85,48 @@ def _file_never(tmp_path, clock):
     return FileBackedStreamStore(tmp_path / "data", _file_config(Durability.NEVER), clock=clock)
 
 
+async def _redis(tmp_path, clock):
+    url = os.environ.get("REDIS_URL") or pytest.skip("REDIS_URL is not set: no Redis to test")
+    from unbroken_engine.redis_store import RedisStreamStore
+
+    return await RedisStreamStore.open(url, prefix=f"t{uuid.uuid4().hex[:12]}:", clock=clock)
+
+
+async def _postgres(tmp_path, clock):
+    url = os.environ.get("DATABASE_URL") or pytest.skip(
+        "DATABASE_URL is not set: no PostgreSQL to test")
+    from unbroken_engine.postgres_store import PostgresStreamStore
+
+    return await PostgresStreamStore.open(url, schema=f"t{uuid.uuid4().hex[:12]}", clock=clock)
+
+
 # name -> factory(tmp_path, clock) returning a store (or an awaitable of one).
-# A factory may call pytest.skip("reason") when its backend is not available,
-# e.g. a future "redis" / "postgres" entry:
-#     def _redis(tmp_path, clock):
-#         url = os.environ.get("UNBROKEN_TEST_REDIS_URL") or pytest.skip("no Redis")
-#         return RedisStreamStore(url, prefix=f"t{uuid4().hex}:", clock=clock)
+# A factory calls pytest.skip("reason") when its backend is not available.
 STORE_FACTORIES = {
     "memory": _memory,
     "file": _file,
     "file-never": _file_never,
+    "redis": _redis,
+    "postgres": _postgres,
 }
+#: stores whose drivers run on asyncio only (redis-py, psycopg)
+ASYNCIO_ONLY = {"redis", "postgres"}
 
 
 @pytest.fixture(params=list(STORE_FACTORIES))
 async def store(request, tmp_path, clock, anyio_backend):
     """A fresh, empty store owned by the test's event loop; closed afterwards."""
+    if request.param in ASYNCIO_ONLY and anyio_backend != "asyncio":
+        pytest.skip(f"the {request.param} store's driver runs on asyncio only")
     s = STORE_FACTORIES[request.param](tmp_path, clock)
     if inspect.isawaitable(s):
         s = await s
     try:
         yield s
     finally:
+        drop = getattr(s, "drop_everything", None)
+        if drop is not None:
+            await drop()  # a shared backend outlives the test: leave it clean
         await s.aclose()
 
 

@@ -1,0 +1,332 @@
+"""RedisStreamStore: streams in Redis, shared by every instance that points at it.
+
+Needs the ``redis`` extra (``pip install 'unbroken[redis]'``: redis-py's
+asyncio client). Keys, under a prefix (default ``unbroken:``)::
+
+    {prefix}schema          the key layout's version (a migration path, not a drop)
+    {prefix}paths           sorted set of every stream path (listing, sweeping)
+    {prefix}s:{path}        the stream's row (msgpack, see shared.Row)
+    {prefix}a:{path}        its last access (sliding TTL), beside the row
+    {prefix}r:{rid}         its records: sorted set scored by offset
+    {prefix}p:{rid}         its producers: hash of producer id -> [epoch, seq]
+    {prefix}notify          pub/sub channel: the path of every stream that changed
+    {prefix}sweep           the sweep lock (one sweeper at a time)
+
+An operation WATCHes the rows it reads and writes everything in one
+MULTI/EXEC; if another instance changed a watched row meanwhile, EXEC fails
+and the operation re-runs (:class:`~unbroken_engine.shared.Conflict`).
+
+Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an
+acknowledged append survives a Redis restart; with Redis's defaults (or
+``--save ""``) it survives the loss of an Unbroken instance, not of Redis.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+
+import msgpack
+
+from . import errors
+from .producers import ProducerState
+from .shared import Backend, Conflict, Rec, Row, SharedStreamStore, Tx, redact_url as _redact
+
+try:
+    import redis.asyncio as aioredis
+    from redis import exceptions as rex
+except ImportError:  # pragma: no cover - exercised by the missing-extra test
+    aioredis = None
+
+log = logging.getLogger("unbroken")
+
+SCHEMA_VERSION = 1
+#: key-layout migrations: MIGRATIONS[n] takes version n to n+1 (v1 is the first
+#: layout, created on first use, so it has nothing to migrate)
+MIGRATIONS: list = []
+CONNECT_TIMEOUT = 2.0
+COMMAND_TIMEOUT = 5.0
+SWEEP_LOCK_MS = 30_000
+
+_TOUCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[2], ARGV[1]) end
+return 1
+"""
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _need_driver() -> None:
+    if aioredis is None:
+        raise errors.MissingExtra(
+            "the Redis store needs the 'redis' extra: pip install 'unbroken[redis]'")
+
+
+@contextlib.contextmanager
+def _guard(what: str):
+    """Redis connection trouble -> BackendUnavailable (503); WATCH -> Conflict."""
+    try:
+        yield
+    except rex.WatchError:
+        raise Conflict() from None
+    except (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, OSError,
+            asyncio.TimeoutError) as exc:
+        raise errors.BackendUnavailable(f"Redis unavailable ({what}): {exc}") from exc
+    except rex.ResponseError as exc:
+        if "READONLY" in str(exc) or "LOADING" in str(exc) or "MISCONF" in str(exc):
+            raise errors.BackendUnavailable(f"Redis refused {what}: {exc}") from exc
+        raise
+
+
+def _pack_rec(rec: Rec) -> bytes:
+    return msgpack.packb([rec.offset, rec.type, rec.msg_count, rec.attrs, rec.payload])
+
+
+def _unpack_rec(raw: bytes) -> Rec:
+    off, typ, count, attrs, payload = msgpack.unpackb(raw)
+    return Rec(off, typ, count, attrs, payload)
+
+
+class _RedisTx(Tx):
+    def __init__(self, backend: "RedisBackend", pipe, hot: bool):
+        super().__init__()
+        self._k = backend
+        self._pipe = pipe
+        self._hot = hot
+
+    async def _load(self, path: str) -> Row | None:
+        s, a = self._k.row_key(path), self._k.access_key(path)
+        # an append watches only the row; an expiry decision also watches
+        # the last access, so a read that renews the TTL meanwhile wins
+        await self._pipe.watch(*((s,) if self._hot else (s, a)))
+        raw, access = await self._pipe.mget(s, a)
+        return self._k.decode_row(path, raw, access)
+
+    async def producer(self, rid: str, pid: str) -> ProducerState | None:
+        raw = await self._pipe.hget(self._k.producers_key(rid), pid)
+        if raw is None:
+            return None
+        epoch, seq = msgpack.unpackb(raw)
+        return ProducerState(epoch, seq)
+
+    async def commit(self) -> None:
+        k, pipe = self._k, self._pipe
+        pipe.multi()
+        for path, row in self.drops.items():
+            pipe.delete(k.row_key(path), k.access_key(path))
+            pipe.unlink(k.records_key(row.rid), k.producers_key(row.rid))
+            pipe.zrem(k.paths_key, path)
+        for path, row in self.puts.items():
+            pipe.set(k.row_key(path), msgpack.packb(row.to_dict()))
+            pipe.set(k.access_key(path), repr(row.last_access))
+            pipe.zadd(k.paths_key, {path: 0})
+        for rid, recs in self.records:
+            pipe.zadd(k.records_key(rid), {_pack_rec(r): r.offset for r in recs})
+        for rid, pid, epoch, seq in self.producers:
+            pipe.hset(k.producers_key(rid), pid, msgpack.packb([epoch, seq]))
+        for path in dict.fromkeys(self.notices):
+            pipe.publish(k.channel, path)
+        await pipe.execute()
+
+
+class RedisBackend(Backend):
+    """Storage in Redis for :class:`~unbroken_engine.shared.SharedStreamStore`."""
+
+    def __init__(self, url: str, *, prefix: str = "unbroken:", max_connections: int = 64):
+        _need_driver()
+        self.url = url
+        self.prefix = prefix
+        self.paths_key = prefix + "paths"
+        self.channel = prefix + "notify"
+        self.description = f"Redis store at {_redact(url)} (keys {prefix}*)"
+        self._r = aioredis.Redis.from_url(
+            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT,
+            max_connections=max_connections, retry_on_timeout=False)
+        self._touch = self._r.register_script(_TOUCH)
+        self._unlock = self._r.register_script(_UNLOCK)
+        self._listener: asyncio.Task | None = None
+
+    # -- keys --
+    def row_key(self, path: str) -> str:
+        return f"{self.prefix}s:{path}"
+
+    def access_key(self, path: str) -> str:
+        return f"{self.prefix}a:{path}"
+
+    def records_key(self, rid: str) -> str:
+        return f"{self.prefix}r:{rid}"
+
+    def producers_key(self, rid: str) -> str:
+        return f"{self.prefix}p:{rid}"
+
+    @staticmethod
+    def decode_row(path: str, raw, access) -> Row | None:
+        if raw is None:
+            return None
+        d = msgpack.unpackb(raw)
+        return Row.from_dict(path, d, float(access) if access is not None else d["created"])
+
+    # -- lifecycle --
+    async def start(self, on_notify, on_reconnect) -> None:
+        with _guard("connect"):
+            await self._migrate()
+            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+            await pubsub.subscribe(self.channel)
+        self._listener = asyncio.get_running_loop().create_task(
+            self._listen(pubsub, on_notify, on_reconnect))
+
+    async def _migrate(self) -> None:
+        key = self.prefix + "schema"
+        await self._r.set(key, SCHEMA_VERSION - len(MIGRATIONS), nx=True)
+        version = int(await self._r.get(key))
+        if version > SCHEMA_VERSION:
+            raise errors.BackendSchemaError(
+                f"Redis keys {self.prefix}* are of layout {version}; this Unbroken knows "
+                f"up to {SCHEMA_VERSION}: upgrade Unbroken (nothing was changed)")
+        while version < SCHEMA_VERSION:
+            await MIGRATIONS[version - 1](self._r, self.prefix)
+            version += 1
+            await self._r.set(key, version)
+
+    async def _listen(self, pubsub, on_notify, on_reconnect) -> None:
+        delay = 0.05
+        while True:
+            try:
+                async for msg in pubsub.listen():
+                    if msg.get("type") == "message":
+                        data = msg["data"]
+                        on_notify(data.decode() if isinstance(data, bytes) else data)
+                    delay = 0.05
+                raise rex.ConnectionError("pub/sub connection ended")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reconnect whatever broke it
+                log.warning("unbroken: Redis notifications lost (%s); reconnecting", exc)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                on_reconnect()  # readers look again: something may have been missed
+                while True:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    try:
+                        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+                        await pubsub.subscribe(self.channel)
+                        break
+                    except Exception:  # noqa: BLE001 - still down
+                        with contextlib.suppress(Exception):
+                            await pubsub.aclose()
+                log.info("unbroken: Redis notifications restored")
+                on_reconnect()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listener
+        with contextlib.suppress(Exception):
+            await self._r.aclose()
+
+    # -- transactions and reads --
+    @contextlib.asynccontextmanager
+    async def transaction(self, hot: bool = False):
+        with _guard("transaction"):
+            pipe = self._r.pipeline(transaction=True)
+            try:
+                tx = _RedisTx(self, pipe, hot)
+                yield tx
+                await tx.commit()
+            finally:
+                await pipe.reset()
+
+    async def load(self, path: str) -> Row | None:
+        with _guard("read"):
+            raw, access = await self._r.mget(self.row_key(path), self.access_key(path))
+        return self.decode_row(path, raw, access)
+
+    async def rows(self, prefix: str = "") -> list[Row]:
+        with _guard("list"):
+            if prefix:
+                paths = await self._r.zrangebylex(self.paths_key, b"[" + prefix.encode(),
+                                                  b"(" + prefix.encode() + b"\xff")
+            else:
+                paths = await self._r.zrange(self.paths_key, 0, -1)
+            out = []
+            for i in range(0, len(paths), 500):
+                chunk = [p.decode() for p in paths[i:i + 500]]
+                keys = [k for p in chunk for k in (self.row_key(p), self.access_key(p))]
+                values = await self._r.mget(keys)
+                for j, p in enumerate(chunk):
+                    row = self.decode_row(p, values[2 * j], values[2 * j + 1])
+                    if row is not None:
+                        out.append(row)
+        return out
+
+    async def records(self, rid: str, lo: int, hi: int, limit: int) -> list[Rec]:
+        with _guard("read"):
+            raws = await self._r.zrangebyscore(self.records_key(rid), lo, f"({hi}",
+                                               start=0, num=limit)
+        return [_unpack_rec(r) for r in raws]
+
+    async def touch(self, path: str, rid: str, when: float) -> None:
+        with _guard("touch"):
+            await self._touch(keys=[self.row_key(path), self.access_key(path)],
+                              args=[repr(when)])
+
+    async def server_time(self) -> float:
+        with _guard("time"):
+            sec, usec = await self._r.time()
+        return sec + usec / 1e6
+
+    @contextlib.asynccontextmanager
+    async def sweep_lock(self):
+        key, token = self.prefix + "sweep", uuid.uuid4().hex
+        with _guard("sweep lock"):
+            mine = await self._r.set(key, token, nx=True, px=SWEEP_LOCK_MS)
+        try:
+            yield bool(mine)
+        finally:
+            if mine:
+                with contextlib.suppress(Exception):
+                    await self._unlock(keys=[key], args=[token])
+
+    async def drop_everything(self) -> None:
+        """Delete every key under the prefix (tests, and ``--reset`` tooling)."""
+        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT)
+        try:  # its own client: works after close() too
+            with _guard("drop"):
+                async for key in client.scan_iter(match=_glob_escape(self.prefix) + "*",
+                                                  count=1000):
+                    await client.unlink(key)
+        finally:
+            await client.aclose()
+
+
+class RedisStreamStore(SharedStreamStore):
+    """Streams in Redis; several processes may share one. Open with
+    ``store = await RedisStreamStore.open("redis://localhost:6379/0")``.
+
+    :param prefix: every key starts with it (several stores in one database)
+    """
+
+    kind = "redis"
+
+    @classmethod
+    async def open(cls, url: str, *, prefix: str = "unbroken:", clock=None,
+                   max_connections: int = 64) -> "RedisStreamStore":
+        store = cls(RedisBackend(url, prefix=prefix, max_connections=max_connections),
+                    clock=clock)
+        try:
+            return await store._start()
+        except BaseException:
+            await store._b.close()
+            raise
+
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -1,0 +1,864 @@
+"""SharedStreamStore: the protocol over a backend that several processes share.
+
+The Redis and PostgreSQL stores keep nothing of a stream in the process: every
+operation reads the stream's state from the backend, decides with the same
+rules as :class:`~unbroken_engine.streams.BaseStreamStore` (the pure checks in
+:mod:`.streams` and :mod:`.producers` are shared), and writes its outcome back
+in one backend transaction (:class:`Tx`). A backend supplies only storage:
+
+* a **row** per stream path (:class:`Row`: configuration, tail offset, closure,
+  last Stream-Seq, fork links, soft delete), plus its sliding-TTL clock;
+* the stream's **records**, keyed by the row's incarnation id ``rid`` (a new id
+  per creation, so a path deleted and created again never sees old data, and
+  a fork keeps reading its source's records by id);
+* **producer state** per ``(rid, producer id)``;
+* a **notification channel** (Redis pub/sub, PostgreSQL LISTEN/NOTIFY) that
+  carries the path of every stream that changed to every instance.
+
+Atomicity. A transaction either commits all its writes or none, and it only
+commits if no row it read changed meanwhile: PostgreSQL locks the rows it reads
+(``SELECT ... FOR UPDATE``), Redis watches their keys (``WATCH``/``MULTI``/
+``EXEC``) and a conflict re-runs the operation (:class:`Conflict`). So two
+instances appending to one stream at once never lose, duplicate or reorder an
+acknowledged append, and producer fencing holds across instances. Within one
+instance, appends to a path also take a local lock, so they do not retry
+against each other.
+
+Time. Expiry is decided on the backend's clock: each instance measures its
+offset from the backend's clock at start and every minute
+(:meth:`Backend.server_time`), so instances whose own clocks disagree by a
+little still agree on when a stream expires. Expired streams are removed by
+:meth:`sweep`, which runs in one instance at a time (a backend lock); an
+expired stream is not served by any instance meanwhile.
+
+Outages. A backend that cannot be reached raises
+:class:`~unbroken_engine.errors.BackendUnavailable` (HTTP 503) at once; live
+readers' waits end with it. The notification listener reconnects by itself
+and then wakes every waiter to look again, so a dropped notification never
+strands a reader.
+"""
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Awaitable, Callable
+
+import anyio
+
+from . import _native as nat
+from . import errors
+from .log import RecordType
+from .media import is_json, media_type
+from .notify import StreamNotifier
+from .offsets import NOW, START
+from .producers import ProducerOutcome, ProducerState, validate
+from .store import (
+    DEFAULT_CONTENT_TYPE,
+    DEFAULT_READ_CHUNK,
+    AppendOptions,
+    AppendResult,
+    CreateOptions,
+    CreateResult,
+    ReadResult,
+    StreamMeta,
+    StreamStore,
+)
+from .streams import (
+    _Requested,
+    check_create_options,
+    check_path,
+    check_producer,
+    check_same_config,
+    record_attrs,
+)
+
+log = logging.getLogger("unbroken")
+
+_CLOSERS = (RecordType.DATA_CLOSE, RecordType.CLOSE)
+#: how often an operation that lost a race (a Redis WATCH conflict, a
+#: PostgreSQL deadlock or unique violation) is re-run before giving up
+MAX_ATTEMPTS = 64
+#: records fetched per backend round trip when reading
+READ_BATCH = 256
+#: how often each instance re-measures its offset from the backend's clock
+CLOCK_EVERY = 60.0
+
+
+class Conflict(Exception):
+    """A transaction lost a race with another writer; the operation re-runs."""
+
+
+@dataclass(frozen=True)
+class _RaiseAfterCommit:
+    """An operation's answer is an error, but what it changed on the way (a
+    lazy expiry) is committed first."""
+
+    error: Exception
+
+
+@dataclass
+class Row:
+    """A stream's state, as a backend stores it (one per live path).
+
+    :ivar rid: incarnation id: names the stream's records and producer state
+    :ivar chain: the inherited ranges of a fork, oldest first:
+        ``[rid, lo, hi]`` means offsets ``lo..hi`` are ``rid``'s records
+    :ivar base: where the stream's own records start (a fork's offset, else 0)
+    :ivar source: ``[path, rid]`` of a fork's source
+    :ivar forks: ``[path, rid]`` of the forks that read through this stream
+    :ivar last_access: when it was last read or written (sliding TTL)
+    """
+
+    path: str
+    rid: str
+    content_type: str
+    created_at: float
+    last_access: float
+    ttl: int | None = None
+    expires_at: str | None = None  # ISO 8601, as given
+    req_media: str | None = None
+    req_ttl: int | None = None
+    req_expires_at: str | None = None
+    fork_from: str | None = None
+    fork_sub_offset: int = 0
+    base: int = 0
+    chain: list = field(default_factory=list)
+    source: list | None = None
+    forks: list = field(default_factory=list)
+    tail: int = 0
+    closed_at: int | None = None
+    last_seq: str | None = None
+    soft_deleted: bool = False
+
+    # -- what the shared rules (streams.check_same_config) read --
+    @property
+    def media(self) -> str:
+        return media_type(self.content_type)
+
+    @property
+    def json(self) -> bool:
+        return is_json(self.content_type)
+
+    @property
+    def fork_offset(self) -> int | None:
+        return self.base if self.source is not None else None
+
+    @property
+    def requested(self) -> _Requested:
+        return _Requested(self.req_media, self.req_ttl, _parse_time(self.req_expires_at),
+                          self.fork_from, self.fork_offset, self.fork_sub_offset)
+
+    def expires(self) -> datetime | None:
+        return _parse_time(self.expires_at)
+
+    def to_dict(self) -> dict:
+        """Everything but ``path`` and ``last_access`` (stored beside it)."""
+        return {"rid": self.rid, "ct": self.content_type, "created": self.created_at,
+                "ttl": self.ttl, "exp": self.expires_at, "rmedia": self.req_media,
+                "rttl": self.req_ttl, "rexp": self.req_expires_at, "ffrom": self.fork_from,
+                "fsub": self.fork_sub_offset, "base": self.base, "chain": self.chain,
+                "src": self.source, "forks": self.forks, "tail": self.tail,
+                "closed": self.closed_at, "seq": self.last_seq, "soft": self.soft_deleted}
+
+    @classmethod
+    def from_dict(cls, path: str, d: dict, last_access: float) -> "Row":
+        return cls(path=path, rid=d["rid"], content_type=d["ct"], created_at=d["created"],
+                   last_access=last_access, ttl=d["ttl"], expires_at=d["exp"],
+                   req_media=d["rmedia"], req_ttl=d["rttl"], req_expires_at=d["rexp"],
+                   fork_from=d["ffrom"], fork_sub_offset=d["fsub"], base=d["base"],
+                   chain=[list(c) for c in d["chain"]],
+                   source=list(d["src"]) if d["src"] else None,
+                   forks=[list(f) for f in d["forks"]], tail=d["tail"],
+                   closed_at=d["closed"], last_seq=d["seq"], soft_deleted=d["soft"])
+
+
+@dataclass(frozen=True)
+class Rec:
+    """One stored record: an append (or a close) at ``offset``."""
+
+    offset: int
+    type: int
+    msg_count: int
+    attrs: bytes
+    payload: bytes
+
+    @property
+    def next_offset(self) -> int:
+        return self.offset + nat.REC_HEADER_SIZE + len(self.attrs) + len(self.payload)
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+class Tx(abc.ABC):
+    """One backend transaction. Reads go to the backend at once (and lock or
+    watch what they read); writes are collected and applied by
+    :meth:`commit`, all or nothing. Rows read are cached, so an operation
+    that reads a row again (a cascade of removals) sees its own changes."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, Row | None] = {}
+        self.puts: dict[str, Row] = {}
+        self.drops: dict[str, Row] = {}
+        self.records: list[tuple[str, list[Rec]]] = []
+        self.producers: list[tuple[str, str, int, int]] = []
+        self.notices: list[str] = []
+
+    async def get(self, path: str) -> Row | None:
+        """The row at ``path`` (None if there is none), locked or watched."""
+        if path not in self._rows:
+            self._rows[path] = await self._load(path)
+        return self._rows[path]
+
+    def put(self, row: Row) -> None:
+        """Create or replace ``row`` (and its last access) at commit."""
+        self._rows[row.path] = row
+        self.drops.pop(row.path, None)
+        self.puts[row.path] = row
+
+    def drop(self, row: Row) -> None:
+        """Remove ``row`` with its records and producer state at commit."""
+        self._rows[row.path] = None
+        self.puts.pop(row.path, None)
+        self.drops[row.path] = row
+
+    def add_records(self, rid: str, recs: list[Rec]) -> None:
+        if recs:
+            self.records.append((rid, recs))
+
+    def set_producer(self, rid: str, pid: str, epoch: int, seq: int) -> None:
+        self.producers.append((rid, pid, epoch, seq))
+
+    def notify(self, path: str) -> None:
+        """Tell every instance ``path`` changed, once the commit is done."""
+        self.notices.append(path)
+
+    @abc.abstractmethod
+    async def _load(self, path: str) -> Row | None: ...
+
+    @abc.abstractmethod
+    async def producer(self, rid: str, pid: str) -> ProducerState | None:
+        """A producer's state in stream ``rid`` (read in this transaction)."""
+
+    @abc.abstractmethod
+    async def commit(self) -> None:
+        """Apply the writes. :raises Conflict: a row read changed meanwhile."""
+
+
+class Backend(abc.ABC):
+    """Storage for :class:`SharedStreamStore`. Every method may raise
+    :class:`~unbroken_engine.errors.BackendUnavailable`."""
+
+    #: shown in the server's start-up line
+    description = "backend"
+
+    @abc.abstractmethod
+    async def start(self, on_notify: Callable[[str], None],
+                    on_reconnect: Callable[[], None]) -> None:
+        """Connect, create or migrate the schema, and start listening:
+        ``on_notify(path)`` for each change any instance makes, and
+        ``on_reconnect()`` after the listener lost its connection and got it back."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def transaction(self, hot: bool = False):
+        """An async context manager yielding a :class:`Tx`; leaving it without
+        an exception commits (the caller catches :class:`Conflict`). ``hot``:
+        the transaction is an append, which needs no lock on the last access."""
+
+    @abc.abstractmethod
+    async def load(self, path: str) -> Row | None:
+        """The row at ``path``, without a lock (one consistent read)."""
+
+    @abc.abstractmethod
+    async def rows(self, prefix: str = "") -> list[Row]:
+        """Every row whose path starts with ``prefix``."""
+
+    @abc.abstractmethod
+    async def records(self, rid: str, lo: int, hi: int, limit: int) -> list[Rec]:
+        """Up to ``limit`` records of ``rid`` starting at offsets ``lo..hi-1``, in order."""
+
+    @abc.abstractmethod
+    async def touch(self, path: str, rid: str, when: float) -> None:
+        """Move the row's last access to ``when`` (if later, and if the row is
+        still incarnation ``rid``)."""
+
+    @abc.abstractmethod
+    async def server_time(self) -> float:
+        """The backend's clock, in Unix seconds."""
+
+    @abc.abstractmethod
+    async def drop_everything(self) -> None:
+        """Remove every key or table of this store."""
+
+    @abc.abstractmethod
+    def sweep_lock(self):
+        """An async context manager yielding True if this instance holds the
+        backend-wide sweep lock (False: another instance is sweeping)."""
+
+
+class SharedStreamStore(StreamStore):
+    """The protocol over a :class:`Backend`; open one with :meth:`open`.
+
+    :param clock: wall-clock seconds; by default the backend's clock (through
+        the measured offset). Tests inject a fake one.
+    """
+
+    kind = "shared"
+
+    def __init__(self, backend: Backend, *, clock: Callable[[], float] | None = None):
+        self._b = backend
+        self._notifier = StreamNotifier()
+        self._fixed_clock = clock
+        self._skew = 0.0
+        self._closed = False
+        self._locks: dict[str, list] = {}  # path -> [lock, users]
+        self._clock_task: asyncio.Task | None = None
+        self.description = backend.description
+
+    async def _start(self) -> "SharedStreamStore":
+        await self._b.start(self._notifier.notify, self._on_reconnect)
+        await self._measure_clock()
+        if self._fixed_clock is None:
+            self._clock_task = asyncio.get_running_loop().create_task(self._clock_loop())
+        return self
+
+    def _on_reconnect(self) -> None:
+        self._notifier.wake_waiters()  # notifications may have been missed
+
+    async def _measure_clock(self) -> None:
+        t0 = time.time()
+        server = await self._b.server_time()
+        t1 = time.time()
+        self._skew = server - (t0 + t1) / 2
+
+    async def _clock_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CLOCK_EVERY)
+            try:
+                await self._measure_clock()
+            except errors.BackendUnavailable:
+                pass  # keep the last offset; the next round tries again
+
+    def _now(self) -> float:
+        if self._fixed_clock is not None:
+            return self._fixed_clock()
+        return time.time() + self._skew
+
+    # ---- helpers ----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.LogClosedError("store is closed")
+
+    async def _run(self, op: Callable[[Tx], Awaitable], *, hot: bool = False):
+        """Run ``op`` in a transaction, again while it loses races.
+        ``hot``: an append (the backend may lock or watch less)."""
+        self._check_open()
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                async with self._b.transaction(hot=hot) as tx:
+                    result = await op(tx)
+            except Conflict:
+                await anyio.sleep(0)
+                continue
+            if isinstance(result, _RaiseAfterCommit):
+                raise result.error
+            return result
+        raise errors.BackendUnavailable("too much contention on the backend; try again")
+
+    def _local_lock(self, path: str):
+        store = self
+
+        class _Held:
+            async def __aenter__(self):
+                entry = store._locks.get(path)
+                if entry is None:
+                    entry = store._locks[path] = [anyio.Lock(), 0]
+                entry[1] += 1
+                self.entry = entry
+                await entry[0].acquire()
+
+            async def __aexit__(self, *exc):
+                self.entry[0].release()
+                self.entry[1] -= 1
+                if not self.entry[1]:
+                    store._locks.pop(path, None)
+
+        return _Held()
+
+    def _is_expired(self, row: Row, now: float) -> bool:
+        exp = row.expires()
+        if exp is not None:
+            return now >= exp.timestamp()
+        return row.ttl is not None and now >= row.last_access + row.ttl
+
+    def _live(self, row: Row | None, path: str, now: float, *, soft_ok=False) -> Row:
+        """The row if it may be served (not missing, expired or soft-deleted)."""
+        if row is None or (not row.soft_deleted and self._is_expired(row, now)):
+            raise errors.StreamNotFound(path)
+        if row.soft_deleted and not soft_ok:
+            raise errors.StreamSoftDeleted(path)
+        return row
+
+    async def _served(self, path: str, now: float) -> Row:
+        """The row at ``path`` read without a transaction, if it may be served.
+        A soft-deleted stream whose forks have all expired counts as gone
+        (the next transaction or sweep that meets it removes it)."""
+        row = await self._b.load(path)
+        if row is not None and row.soft_deleted:
+            for fpath, frid in row.forks:
+                fork = await self._b.load(fpath)
+                if fork is not None and fork.rid == frid and (
+                        fork.soft_deleted or not self._is_expired(fork, now)):
+                    break
+            else:
+                row = None
+        return self._live(row, path, now)
+
+    def _meta(self, row: Row) -> StreamMeta:
+        return StreamMeta(row.path, row.content_type, row.tail, row.closed_at is not None,
+                          row.created_at, row.ttl, row.expires())
+
+    async def _touch(self, row: Row, now: float) -> None:
+        if row.ttl is not None and row.expires_at is None:
+            await self._b.touch(row.path, row.rid, now)
+
+    # ---- forks, expiry, removal (inside a transaction) ----------------------------
+
+    async def _has_live_forks(self, tx: Tx, row: Row, now: float, removed: list) -> bool:
+        """Whether forks still read through ``row``; expired ones go first."""
+        for fpath, frid in list(row.forks):
+            fork = await tx.get(fpath)
+            if fork is None or fork.rid != frid:
+                self._unlink(tx, row, fpath)  # gone without telling us
+            elif not fork.soft_deleted and self._is_expired(fork, now):
+                await self._expire(tx, fork, now, removed)
+            row = await tx.get(row.path) or row
+        return bool(row.forks)
+
+    def _unlink(self, tx: Tx, row: Row, fpath: str) -> None:
+        row.forks = [f for f in row.forks if f[0] != fpath]
+        tx.put(row)
+
+    async def _expire(self, tx: Tx, row: Row, now: float, removed: list) -> None:
+        """An expired stream goes; with live forks it is soft-deleted instead."""
+        if await self._has_live_forks(tx, row, now, removed):
+            row.soft_deleted = True
+            tx.put(row)
+            tx.notify(row.path)
+            removed.append(row.path)
+        else:
+            await self._remove(tx, row, removed)
+
+    async def _remove(self, tx: Tx, row: Row, removed: list) -> None:
+        """Remove a stream and release its source; a soft-deleted source whose
+        last fork this was goes too (up the chain)."""
+        while row is not None:
+            removed.append(row.path)
+            tx.drop(row)
+            tx.notify(row.path)
+            if row.source is None:
+                return
+            src = await tx.get(row.source[0])
+            if src is None or src.rid != row.source[1]:
+                return
+            self._unlink(tx, src, row.path)
+            row = src if (src.soft_deleted and not src.forks) else None
+
+    async def _settle(self, tx: Tx, path: str, now: float, removed: list) -> Row | None:
+        """The row at ``path`` after lazy expiry: None if it is gone (or goes now)."""
+        row = await tx.get(path)
+        if row is None:
+            return None
+        if not row.soft_deleted and self._is_expired(row, now):
+            await self._expire(tx, row, now, removed)
+            row = await tx.get(path)
+        if row is not None and row.soft_deleted and not await self._has_live_forks(
+                tx, row, now, removed):
+            row = await tx.get(path)
+            if row is not None:
+                await self._remove(tx, row, removed)
+            return None
+        return row
+
+    # ---- create ---------------------------------------------------------------------
+
+    async def create(self, path: str, options: CreateOptions = CreateOptions()) -> CreateResult:
+        check_path(path)
+        o = options
+        check_create_options(o)
+        if o.fork_from is not None:
+            check_path(o.fork_from)
+        return await self._run(lambda tx: self._create(tx, path, o))
+
+    async def _create(self, tx: Tx, path: str, o: CreateOptions) -> CreateResult:
+        now = self._now()
+        removed: list = []
+        row = await self._settle(tx, path, now, removed)
+        if row is not None:
+            if row.soft_deleted:
+                raise errors.ConfigMismatch(f"stream {path!r} was deleted and still has forks")
+            check_same_config(row, o)
+            return CreateResult(False, self._meta(row))
+        source = None
+        if o.fork_from is not None:
+            source = await self._settle(tx, o.fork_from, now, removed)
+            if source is None:
+                raise errors.StreamNotFound(o.fork_from)
+            if source.soft_deleted:
+                raise errors.ConfigMismatch(f"fork source {o.fork_from!r} was deleted")
+        if o.content_type is not None:
+            content_type = o.content_type
+        else:
+            content_type = source.content_type if source is not None else DEFAULT_CONTENT_TYPE
+        if source is not None and media_type(content_type) != source.media:
+            raise errors.ConfigMismatch(
+                f"content type {content_type!r} differs from the fork source's "
+                f"{source.content_type!r}")
+        records: list[tuple] = []
+        base, chain = 0, []
+        if source is not None:
+            base = source.tail if o.fork_offset is None else o.fork_offset
+            await self._check_boundary(source, base, "fork offset")
+            chain = self._view(source, base)
+            if o.fork_sub_offset:
+                records.append(await self._fork_prefix(source, base, o.fork_sub_offset))
+        records.extend(_initial_records(content_type, o.data, o.closed))
+        ttl, expires_at = o.ttl, o.expires_at
+        if source is not None and ttl is None and expires_at is None:
+            ttl, expires_at = source.ttl, source.expires()
+        row = Row(path=path, rid=uuid.uuid4().hex, content_type=content_type, created_at=now,
+                  last_access=now, ttl=ttl,
+                  expires_at=expires_at.isoformat() if expires_at else None,
+                  req_media=None if o.content_type is None else media_type(o.content_type),
+                  req_ttl=o.ttl,
+                  req_expires_at=o.expires_at.isoformat() if o.expires_at else None,
+                  fork_from=o.fork_from, fork_sub_offset=o.fork_sub_offset, base=base,
+                  chain=chain, source=[source.path, source.rid] if source else None,
+                  tail=base)
+        recs = []
+        for payload, attrs, kind, count in records:
+            rec = Rec(row.tail, int(kind), count, attrs, payload)
+            recs.append(rec)
+            row.tail = rec.next_offset
+            if kind in _CLOSERS:
+                row.closed_at = row.tail
+        tx.put(row)
+        tx.add_records(row.rid, recs)
+        if source is not None:
+            source.forks = [*source.forks, [path, row.rid]]
+            tx.put(source)
+        return CreateResult(True, self._meta(row))
+
+    @staticmethod
+    def _view(row: Row, upto: int) -> list:
+        """The ranges a fork of ``row`` at ``upto`` inherits."""
+        chain = [[rid, lo, min(hi, upto)] for rid, lo, hi in row.chain if lo < upto]
+        if upto > row.base:
+            chain.append([row.rid, row.base, upto])
+        return chain
+
+    @staticmethod
+    def _ranges(row: Row, lo: int, hi: int):
+        """``(rid, lo, hi)`` pieces covering ``lo..hi`` of ``row``'s view."""
+        for rid, a, b in [*row.chain, [row.rid, row.base, row.tail]]:
+            a, b = max(a, lo), min(b, hi)
+            if a < b:
+                yield rid, a, b
+
+    async def _check_boundary(self, row: Row, offset: int, what: str) -> None:
+        if offset < 0 or offset > row.tail:
+            raise errors.InvalidOffset(offset, f"{what} beyond the tail of the stream")
+        if offset == row.tail:
+            return
+        rec = await self._record_at(row, offset)
+        if rec is None or rec.offset != offset:
+            raise errors.InvalidOffset(offset)
+
+    async def _record_at(self, row: Row, offset: int) -> Rec | None:
+        """The first record at or after ``offset`` in ``row``'s view."""
+        for rid, a, b in self._ranges(row, offset, row.tail):
+            recs = await self._b.records(rid, a, b, 1)
+            if recs:
+                return recs[0]
+        return None
+
+    async def _fork_prefix(self, source: Row, offset: int, n: int) -> tuple:
+        rec = await self._record_at(source, offset)
+        while rec is not None and rec.msg_count == 0:  # a checkpoint or close
+            rec = await self._record_at(source, rec.next_offset)
+        if rec is None:
+            raise errors.InvalidRequest("fork sub-offset: no message after the fork offset")
+        if source.json:
+            if n > rec.msg_count:
+                raise errors.InvalidRequest(
+                    f"fork sub-offset {n} past the message's {rec.msg_count} values")
+            return (nat.json_prefix(rec.payload, n), b"", RecordType.DATA, n)
+        if n > len(rec.payload):
+            raise errors.InvalidRequest(
+                f"fork sub-offset {n} past the message's {len(rec.payload)} bytes")
+        return (rec.payload[:n], b"", RecordType.DATA, 1)
+
+    # ---- metadata, append -------------------------------------------------------
+
+    async def get(self, path: str) -> StreamMeta:
+        self._check_open()
+        return self._meta(await self._served(path, self._now()))
+
+    async def append(self, path: str, data: bytes,
+                     options: AppendOptions = AppendOptions()) -> AppendResult:
+        o = options
+        close_only = not data
+        if close_only and not o.close:
+            raise errors.EmptyBody("an append needs data (or a close)")
+        if o.producer is not None:
+            check_producer(o.producer)
+        async with self._local_lock(path):
+            return await self._run(lambda tx: self._append(tx, path, bytes(data), o), hot=True)
+
+    async def _append(self, tx: Tx, path: str, data: bytes, o: AppendOptions) -> AppendResult:
+        now = self._now()
+        row = self._live(await tx.get(path), path, now)
+        close_only = not data
+        p = o.producer
+        if row.ttl is not None and row.expires_at is None:
+            row.last_access = now  # a sliding TTL is renewed by every append
+            tx.put(row)
+        if row.closed_at is not None:
+            return await self._append_to_closed(tx, row, o, close_only)
+        if not close_only and o.content_type is not None and \
+                media_type(o.content_type) != row.media:
+            raise errors.ContentTypeMismatch(row.content_type, o.content_type)
+        outcome = None
+        if p is not None:
+            state = await tx.producer(row.rid, p.id)
+            outcome = validate(state, p.epoch, p.seq)
+            if outcome is ProducerOutcome.DUPLICATE:
+                return AppendResult(row.tail, outcome, p.epoch, state.last_seq, False)
+        if o.seq is not None and row.last_seq is not None and o.seq.encode(
+                "utf-8", "surrogatepass") <= row.last_seq.encode("utf-8", "surrogatepass"):
+            raise errors.SequenceConflict(row.last_seq, o.seq)
+        payload, count = data, (0 if close_only else 1)
+        if data and row.json:
+            payload, count = nat.json_flatten(data)
+            if count == 0:
+                raise errors.EmptyJSONArray("an empty JSON array appends nothing")
+        attrs = record_attrs(p, o.seq)
+        if len(payload) > nat.MAX_PAYLOAD or len(attrs) > nat.MAX_ATTRS:
+            raise errors.RecordTooLarge("record over the format's limits")
+        kind = RecordType.DATA if not o.close else (
+            RecordType.CLOSE if close_only else RecordType.DATA_CLOSE)
+        rec = Rec(row.tail, int(kind), count, attrs, bytes(payload))
+        row.tail = rec.next_offset
+        if o.close:
+            row.closed_at = row.tail
+        if o.seq is not None:
+            row.last_seq = o.seq
+        tx.add_records(row.rid, [rec])
+        if p is not None:
+            tx.set_producer(row.rid, p.id, p.epoch, p.seq)
+        tx.put(row)
+        tx.notify(path)
+        return AppendResult(row.tail, outcome, p.epoch if p else None, p.seq if p else None,
+                            row.closed_at is not None)
+
+    async def _append_to_closed(self, tx: Tx, row: Row, o: AppendOptions,
+                                close_only: bool) -> AppendResult:
+        p = o.producer
+        if p is not None:
+            state = await tx.producer(row.rid, p.id)
+            try:
+                if validate(state, p.epoch, p.seq) is ProducerOutcome.DUPLICATE:
+                    return AppendResult(row.tail, ProducerOutcome.DUPLICATE, p.epoch,
+                                        state.last_seq, True)
+            except (errors.ProducerSeqGap, errors.InvalidEpochSeq):
+                pass  # a new request: the stream is closed to it
+        elif close_only:
+            return AppendResult(row.tail, closed=True)  # closing again is idempotent
+        raise errors.StreamClosed(row.path, row.closed_at)
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    async def read(self, path: str, offset=None, max_bytes: int = DEFAULT_READ_CHUNK) -> ReadResult:
+        self._check_open()
+        now = self._now()
+        row = await self._served(path, now)
+        await self._touch(row, now)
+        tail = row.tail
+        closed = row.closed_at is not None
+        if offset is NOW:
+            return ReadResult(b"[]" if row.json else b"", tail, True, closed, row.content_type)
+        if offset is None or offset is START:
+            offset = row.chain[0][1] if row.chain else row.base
+        if not isinstance(offset, int) or offset < 0 or offset > tail:
+            raise errors.InvalidOffset(offset, "beyond the tail of the stream")
+        parts, nxt = await self._read_range(row, offset, max_bytes)
+        if row.json:
+            data = b"[" + b",".join(parts) + b"]"
+        else:
+            data = b"".join(parts)
+        up_to_date = nxt >= tail
+        return ReadResult(data, nxt, up_to_date, up_to_date and closed, row.content_type)
+
+    async def _read_range(self, row: Row, offset: int, budget: int):
+        parts: list[bytes] = []
+        size = taken = 0
+        first = True
+        for rid, lo, hi in self._ranges(row, offset, row.tail):
+            at = lo
+            while at < hi:
+                recs = await self._b.records(rid, at, hi, READ_BATCH)
+                if not recs:
+                    break
+                for rec in recs:
+                    if first:
+                        first = False
+                        if rec.offset != offset:
+                            raise errors.InvalidOffset(offset)
+                    need = len(rec.payload) + (1 if row.json and rec.payload and parts else 0)
+                    if taken and size + need > budget:
+                        return parts, offset
+                    if rec.payload:
+                        parts.append(rec.payload)
+                    size += need
+                    taken += 1
+                    offset = at = rec.next_offset
+                if len(recs) < READ_BATCH:
+                    break
+        if first and offset != row.tail:
+            raise errors.InvalidOffset(offset)
+        return parts, offset
+
+    async def wait_for_messages(self, path: str, offset: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        generation = self._notifier.generation
+        while True:
+            self._check_open()
+            event = self._notifier.event(path)  # before the check: nothing slips by
+            row = await self._served(path, self._now())
+            if row.tail > offset or row.closed_at is not None:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await self._notifier.wait_event(event, remaining):
+                return False
+            if self._notifier.generation != generation:
+                return False  # notify_all(): the store is closing or the server stopping
+
+    # ---- delete, list, sweep, close ------------------------------------------------------
+
+    async def delete(self, path: str) -> None:
+        await self._run(lambda tx: self._delete(tx, path))
+
+    async def _delete(self, tx: Tx, path: str) -> None:
+        now = self._now()
+        removed: list = []
+        row = await tx.get(path)
+        if row is None:
+            raise errors.StreamNotFound(path)
+        if not row.soft_deleted and self._is_expired(row, now):
+            await self._expire(tx, row, now, removed)
+            return _RaiseAfterCommit(errors.StreamNotFound(path))  # the expiry sticks
+        if row.soft_deleted:
+            if not await self._has_live_forks(tx, row, now, removed):
+                await self._remove(tx, row, removed)
+                return _RaiseAfterCommit(errors.StreamNotFound(path))
+            raise errors.StreamSoftDeleted(path)
+        if await self._has_live_forks(tx, row, now, removed):
+            row = await tx.get(path)
+            row.soft_deleted = True
+            tx.put(row)
+            tx.notify(path)
+        else:
+            await self._remove(tx, row, removed)
+
+    async def list_streams(self, prefix: str = "") -> list[StreamMeta]:
+        self._check_open()
+        now = self._now()
+        return [self._meta(r) for r in sorted(await self._b.rows(prefix), key=lambda r: r.path)
+                if r.path.startswith(prefix) and not r.soft_deleted
+                and not self._is_expired(r, now)]
+
+    async def sweep(self) -> list[str]:
+        self._check_open()
+        async with self._b.sweep_lock() as mine:
+            if not mine:
+                return []  # another instance is sweeping
+            now = self._now()
+            gone: list[str] = []
+            for row in await self._b.rows():
+                if row.soft_deleted or self._is_expired(row, now):
+                    gone.extend(await self._run(lambda tx, p=row.path: self._sweep_one(tx, p)))
+            return sorted(set(gone))
+
+    async def _sweep_one(self, tx: Tx, path: str) -> list[str]:
+        removed: list = []
+        await self._settle(tx, path, self._now(), removed)
+        return removed
+
+    def notify_all(self) -> None:
+        """Wake every live reader (shutdown)."""
+        self._notifier.notify_all()
+
+    async def drop_everything(self) -> None:
+        """Delete every stream of this store and its keys or schema, for every
+        instance (tests; a fresh start). Not part of the protocol."""
+        await self._b.drop_everything()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._notifier.notify_all()
+        if self._clock_task is not None:
+            self._clock_task.cancel()
+        await self._b.close()
+
+
+def _initial_records(content_type: str, data: bytes, closed: bool) -> list[tuple]:
+    if data and is_json(content_type):
+        payload, count = nat.json_flatten(data)
+    else:
+        payload, count = bytes(data), (1 if data else 0)
+    if len(payload) > nat.MAX_PAYLOAD:
+        raise errors.RecordTooLarge("initial data over the format's limits")
+    if count:
+        kind = RecordType.DATA_CLOSE if closed else RecordType.DATA
+        return [(bytes(payload), b"", kind, count)]
+    return [(b"", b"", RecordType.CLOSE, 0)] if closed else []
+
+
+def open_store(url: str, **kw) -> Awaitable[SharedStreamStore]:
+    """Open the shared store a URL names: ``redis://`` / ``rediss://`` /
+    ``unix://`` (Redis) or ``postgresql://`` / ``postgres://`` (PostgreSQL).
+
+    :raises InvalidArgument: another scheme
+    :raises MissingExtra: the backend's driver is not installed
+    """
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis_store import RedisStreamStore
+        return RedisStreamStore.open(url, **kw)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres_store import PostgresStreamStore
+        return PostgresStreamStore.open(url, **kw)
+    raise errors.InvalidArgument(f"no shared store for {scheme!r} URLs "
+                                 "(redis://... or postgresql://...)")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs and start-up lines."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        return f"{scheme}://{user + ':***@' if user else '***@'}{host}"
+    return url
