@@ -83,8 +83,14 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="port (default: $ONEPIPE_STREAMS_PORT or 9999; 0 picks a free one)")
     p.add_argument("--data-dir", default=".onepipe/streams",
                    help="where the file store keeps its streams (default: %(default)s)")
-    p.add_argument("--store", default="file", choices=["file", "memory"],
-                   help="file: durable, in --data-dir (default); memory: nothing survives")
+    p.add_argument("--store", default=None, metavar="file|memory|URL",
+                   help="file: durable, in --data-dir (the default); memory: nothing "
+                        "survives; redis://HOST:PORT/DB or postgresql://USER@HOST/DB: a "
+                        "store several instances share (default: $REDIS_URL, else "
+                        "$DATABASE_URL, else file)")
+    p.add_argument("--store-prefix", default=None, metavar="NAME",
+                   help="Redis key prefix (default 'unbroken:') or PostgreSQL schema "
+                        "(default 'unbroken') of a shared store")
     p.add_argument("--durability", default="always", choices=["always", "interval", "never"],
                    help="always: ack after fdatasync, shared by concurrent appends (default); "
                         "interval: flush every 10 ms, ack before; never: the OS decides")
@@ -99,42 +105,103 @@ class _ListenError(Exception):
     """The server could not bind its address (its cause is the OSError)."""
 
 
+class _StoreError(Exception):
+    """The shared store could not be opened (its cause says why)."""
+
+
+SHARED_SCHEMES = ("redis://", "rediss://", "unix://", "postgresql://", "postgres://")
+
+
+def choose_store(option: str | None, environ=os.environ) -> tuple[str, str | None, str]:
+    """Which store ``unbroken serve`` opens: ``(kind, url, why)``.
+
+    ``--store`` wins; without it ``$REDIS_URL``, then ``$DATABASE_URL``, then
+    the file store. ``why`` is appended to the start-up line.
+    """
+    if option is None:
+        for var in ("REDIS_URL", "DATABASE_URL"):
+            if environ.get(var):
+                option = environ[var]
+                return _kind(option), option, f" (from ${var})"
+        return "file", None, ""
+    return _kind(option), option, ""
+
+
+def _kind(option: str) -> str:
+    if option in ("file", "memory"):
+        return option
+    low = option.lower()
+    if low.startswith(("redis://", "rediss://", "unix://")):
+        return "redis"
+    if low.startswith(("postgresql://", "postgres://")):
+        return "postgres"
+    raise SystemExit(f"unbroken: --store must be file, memory, redis://... or "
+                     f"postgresql://..., not {option!r}")
+
+
+async def _open_shared(url: str, prefix: str | None):
+    from unbroken_engine.shared import open_store
+
+    if prefix is None:
+        return await open_store(url)
+    key = "prefix" if _kind(url) == "redis" else "schema"
+    return await open_store(url, **{key: prefix})
+
+
 def serve_main(args) -> int:
     """``unbroken serve``: open the store, serve until signalled, flush, exit 0."""
     import anyio
 
     from unbroken_engine import FileBackedStreamStore, MemoryStreamStore
+    from unbroken_engine import errors as e
     from unbroken_engine.log import Durability, LogConfig
 
     from .app import serve
     from .handlers import ServerConfig, ServerContext
 
     port = _env_port() if args.port is None else args.port
-    if args.store == "memory":
+    kind, url, why = choose_store(args.store)
+    shared = None
+    if kind == "memory":
         store, where = MemoryStreamStore(), "memory store (nothing is kept)"
-    else:
+    elif kind == "file":
         config = LogConfig(durability=Durability(args.durability))
         store = FileBackedStreamStore(args.data_dir, config)
         where = (f"file store in {os.path.abspath(args.data_dir)} "
                  f"(durability {args.durability}; {store.recovery.summary()})")
-    # configured after opening the store: its recovery line is part of ours
+    else:
+        store, shared = None, url  # opened inside the event loop (its drivers need one)
+        where = ""
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s")
-    ctx = ServerContext(store, ServerConfig(long_poll_timeout=args.long_poll_timeout,
-                                            max_body=args.max_body))
 
     async def run():
-        async with anyio.create_task_group() as tg:
+        nonlocal store, where
+        if shared is not None:
             try:
-                bound = await tg.start(serve, ctx, args.host, port)
-            except OSError as exc:
-                raise _ListenError(exc) from exc
-            host = f"[{args.host}]" if ":" in args.host else args.host
-            print(f"unbroken: serving http://{host}:{bound}/v1/stream/ from {where}",
-                  flush=True)
-        await store.aclose()
+                store = await _open_shared(shared, args.store_prefix)
+            except (e.BackendUnavailable, e.BackendSchemaError, e.MissingExtra,
+                    e.InvalidArgument) as exc:
+                raise _StoreError(exc) from exc
+            where = f"{store.description}{why}"
+        ctx = ServerContext(store, ServerConfig(long_poll_timeout=args.long_poll_timeout,
+                                                max_body=args.max_body))
+        try:
+            async with anyio.create_task_group() as tg:
+                try:
+                    bound = await tg.start(serve, ctx, args.host, port)
+                except OSError as exc:
+                    raise _ListenError(exc) from exc
+                host = f"[{args.host}]" if ":" in args.host else args.host
+                print(f"unbroken: serving http://{host}:{bound}/v1/stream/ from {where}",
+                      flush=True)
+        finally:
+            await store.aclose()
 
     try:
         anyio.run(run)
+    except _StoreError as exc:
+        print(f"unbroken: cannot open the store: {exc.__cause__}", file=sys.stderr)
+        return 1
     except (_ListenError, BaseExceptionGroup) as exc:
         failure = exc
         while isinstance(failure, BaseExceptionGroup) and len(failure.exceptions) == 1:

@@ -126,6 +126,8 @@ async def _events(ctx, req, path: str, offset, binary: bool):
             r = await store.read(path, START if offset is None else offset, cfg.read_chunk)
         except (e.StreamNotFound, e.StreamSoftDeleted):
             return  # deleted while we followed it: end the response
+        except e.BackendUnavailable:
+            return  # the shared store went away: end cleanly; the client reconnects
         offset = r.next_offset
         cursor = next_cursor(cursor)
         if has_payload(r):
@@ -147,7 +149,11 @@ async def _events(ctx, req, path: str, offset, binary: bool):
         if remaining <= 0 or ctx.shutting_down:
             yield control_event(offset, next_cursor(cursor), True)
             return
-        if not await wait(ctx, path, offset, min(remaining, KEEPALIVE_EVERY)):
+        try:
+            woken = await wait(ctx, path, offset, min(remaining, KEEPALIVE_EVERY))
+        except e.BackendUnavailable:
+            return  # the shared store went away: end cleanly; the client reconnects
+        if not woken:
             yield KEEPALIVE  # finds a vanished client; ignored by SSE parsers
 
 

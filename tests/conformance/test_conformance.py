@@ -1,6 +1,7 @@
 """The official Durable Streams conformance suite against ``unbroken serve``.
 
-For each store (file, memory) this starts ``unbroken serve --port 0`` in a
+For each store (file, memory, and Redis and PostgreSQL when ``REDIS_URL`` /
+``DATABASE_URL`` name one) this starts ``unbroken serve --port 0`` in a
 subprocess, runs ``@durable-streams/server-conformance-tests`` (pinned in
 package.json / package-lock.json beside this file) with vitest, and asserts:
 
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -152,9 +154,10 @@ def _server_command() -> list[str]:
 class Server:
     """``unbroken serve`` in a subprocess; its output is kept, the pipe drained."""
 
-    def __init__(self, store: str, data_dir: Path, cwd: Path):
+    def __init__(self, store: str, data_dir: Path, cwd: Path, extra: tuple = ()):
         self.cmd = _server_command() + ["serve", "--host", "127.0.0.1", "--port", "0",
-                                        "--store", store, "--data-dir", str(data_dir)]
+                                        "--store", store, "--data-dir", str(data_dir),
+                                        *extra]
         self.lines: collections.deque[str] = collections.deque(maxlen=2000)
         self.base_url: str | None = None
         self._ready = threading.Event()
@@ -260,11 +263,38 @@ def _failures(report: dict) -> list[str]:
 # --------------------------------------------------------------------------- the test
 
 
-@pytest.mark.parametrize("store", ["file", "memory"])
+SHARED = {"redis": "REDIS_URL", "postgres": "DATABASE_URL"}
+
+
+def _shared_store(store: str) -> tuple[str, tuple, str]:
+    """``(--store value, extra arguments, prefix)`` for a shared backend: the
+    URL from the environment and a key prefix / schema of this run alone."""
+    url = os.environ.get(SHARED[store]) or pytest.skip(
+        f"{SHARED[store]} is not set: no {store} server to run the suite against")
+    prefix = f"conf{uuid.uuid4().hex[:10]}" + (":" if store == "redis" else "")
+    return url, ("--store-prefix", prefix), prefix
+
+
+def _drop_shared(store: str, url: str, prefix: str) -> None:
+    import asyncio
+
+    if store == "redis":
+        from unbroken_engine.redis_store import RedisBackend as backend
+
+        b = backend(url, prefix=prefix)
+    else:
+        from unbroken_engine.postgres_store import PostgresBackend as backend
+
+        b = backend(url, schema=prefix)
+    asyncio.run(b.drop_everything())
+
+
+@pytest.mark.parametrize("store", ["file", "memory", "redis", "postgres"])
 def test_conformance(store, node_toolchain, tmp_path, record_property):
     node, _ = node_toolchain
     results, log = tmp_path / "results.json", tmp_path / "vitest.log"
-    server = Server(store, tmp_path / "data", cwd=tmp_path)
+    arg, extra, prefix = (store, (), None) if store not in SHARED else _shared_store(store)
+    server = Server(arg, tmp_path / "data", cwd=tmp_path, extra=extra)
     problems: list[str] = []
     suite_rc = suite_seconds = None
     try:
@@ -272,6 +302,8 @@ def test_conformance(store, node_toolchain, tmp_path, record_property):
         suite_rc, suite_seconds = _run_vitest(node, base_url, results, log)
     finally:
         server_rc, stop_seconds = server.stop(SHUTDOWN_TIMEOUT)
+        if prefix is not None:
+            _drop_shared(store, arg, prefix)
 
     vitest_log = log.read_text(errors="replace") if log.exists() else ""
     tails = (f"--- tail of the vitest log ({log}):\n{_tail(vitest_log)}\n"

@@ -152,7 +152,9 @@ class ServerProcess:
         self.args = args
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "unbroken_server", "serve", "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+            env={k: v for k, v in os.environ.items()  # the file store, not $REDIS_URL's
+                 if k not in ("REDIS_URL", "DATABASE_URL")})
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._lines: queue.Queue = queue.Queue()

@@ -30,6 +30,12 @@ START_LINE = re.compile(r"unbroken: serving http://127\.0\.0\.1:(\d+)/v1/stream/
 STARTUP_TIMEOUT = 30
 
 
+def _without_shared_store(environ) -> dict:
+    """The environment minus REDIS_URL / DATABASE_URL, which would make
+    ``unbroken serve`` without ``--store`` open a shared store, not the file store."""
+    return {k: v for k, v in environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+
+
 class ServerProcess:
     """``unbroken serve`` in a subprocess; its output is collected by threads."""
 
@@ -37,7 +43,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "unbroken_server", "serve", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-            env={**os.environ, **(env or {})})
+            env={**_without_shared_store(os.environ), **(env or {})})
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._lines: queue.Queue = queue.Queue()
@@ -345,3 +351,26 @@ def test_port_in_use_and_bad_env_port_fail_with_a_message(servers):
     sp = servers("--store", "memory", env={"ONEPIPE_STREAMS_PORT": "http"})
     assert sp.wait(30) != 0
     assert "ONEPIPE_STREAMS_PORT" in sp.output()
+
+
+def test_store_is_chosen_by_option_then_redis_url_then_database_url():
+    from unbroken_server.cli import choose_store
+
+    env = {"REDIS_URL": "redis://r:6379/0", "DATABASE_URL": "postgresql://p/db"}
+    assert choose_store(None, {}) == ("file", None, "")
+    assert choose_store(None, env) == ("redis", "redis://r:6379/0", " (from $REDIS_URL)")
+    assert choose_store(None, {"DATABASE_URL": "postgresql://p/db"}) == (
+        "postgres", "postgresql://p/db", " (from $DATABASE_URL)")
+    assert choose_store("memory", env) == ("memory", "memory", "")
+    assert choose_store("postgres://p/db", env)[0] == "postgres"
+    with pytest.raises(SystemExit, match="--store must be"):
+        choose_store("mysql://x/y", {})
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "postgresql://127.0.0.1:1/test"])
+def test_unreachable_shared_store_fails_at_start_with_a_message(servers, url):
+    sp = servers("--store", url, "--port", "0")
+    assert sp.wait(30) == 1
+    err = "".join(sp.stderr)
+    assert "cannot open the store" in err and "127.0.0.1" in err, err
+    assert "Traceback" not in err
