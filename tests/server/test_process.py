@@ -6,10 +6,14 @@
 * SIGTERM while clients append and an SSE reader follows: exit 0, "stopped
   cleanly", the reader gets a final control event, nothing acknowledged is lost;
 * the command line: --help, ONEPIPE_STREAMS_PORT, the flags that reach the
-  server, a port already in use.
+  server, a port already in use, the choice of store;
+* several instances on one Redis or PostgreSQL store (REDIS_URL /
+  DATABASE_URL; skipped without them): writers and live readers on both,
+  an idempotent producer moving between them, kill -9 of one instance.
 """
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -374,3 +379,171 @@ def test_unreachable_shared_store_fails_at_start_with_a_message(servers, url):
     err = "".join(sp.stderr)
     assert "cannot open the store" in err and "127.0.0.1" in err, err
     assert "Traceback" not in err
+
+
+# ---- several instances on one shared store (Redis, PostgreSQL) -----------------------------------
+
+SHARED_URL_VARS = {"redis": "REDIS_URL", "postgres": "DATABASE_URL"}
+
+
+@pytest.fixture(params=list(SHARED_URL_VARS))
+def shared_store(request):
+    """``(url, prefix)`` of a Redis or PostgreSQL store of this test alone;
+    its keys or schema are dropped afterwards."""
+    kind = request.param
+    url = os.environ.get(SHARED_URL_VARS[kind]) or pytest.skip(
+        f"{SHARED_URL_VARS[kind]} is not set: no {kind} server to share")
+    prefix = f"mi{uuid.uuid4().hex[:10]}" + (":" if kind == "redis" else "")
+    yield kind, url, prefix
+    asyncio.run(_drop_shared(kind, url, prefix))
+
+
+async def _drop_shared(kind: str, url: str, prefix: str) -> None:
+    if kind == "redis":
+        from unbroken_engine.redis_store import RedisBackend
+
+        await RedisBackend(url, prefix=prefix).drop_everything()
+    else:
+        from unbroken_engine.postgres_store import PostgresBackend
+
+        await PostgresBackend(url, schema=prefix).drop_everything()
+
+
+class LongPollThread(threading.Thread):
+    """Follows a JSON stream with live=long-poll until it is closed; keeps the values."""
+
+    def __init__(self, port: int, path: str):
+        super().__init__(daemon=True)
+        self.port, self.path = port, path
+        self.values: list = []
+        self.error = None
+
+    def run(self):
+        offset, cursor = "-1", ""
+        try:
+            while True:
+                target = f"{S}{self.path}?offset={offset}&live=long-poll"
+                status, headers, body = request(
+                    self.port, "GET", target + (f"&cursor={cursor}" if cursor else ""),
+                    timeout=90)
+                assert status in (200, 204), (status, body)
+                if status == 200:
+                    self.values += json.loads(body)
+                offset = headers["stream-next-offset"]
+                cursor = headers.get("stream-cursor", "")
+                if headers.get("stream-closed") == "true":
+                    return
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+
+def _producer_append(port: int, path: str, epoch: int, seq: int, value) -> int:
+    status, _, body = request(port, "POST", S + path, {
+        "Content-Type": "application/json", "Producer-Id": "P",
+        "Producer-Epoch": str(epoch), "Producer-Seq": str(seq)}, json.dumps(value).encode())
+    assert status in (200, 204), (status, body)
+    return status
+
+
+def test_two_instances_share_streams_readers_see_every_append_once_in_order(
+        servers, shared_store, sse_parse):
+    """Writers on both instances, SSE and long-poll readers on both, and an
+    idempotent producer that moves between them: every reader sees every
+    acknowledged append exactly once, in one order, and no retry duplicates."""
+    kind, url, prefix = shared_store
+    # long-polls wait 60 s: only a notification from the other instance ends them in time
+    a = servers("--port", "0", "--store", url, "--store-prefix", prefix,
+                "--long-poll-timeout", "60")
+    b = servers("--port", "0", "--store", url, "--store-prefix", prefix,
+                "--long-poll-timeout", "60")
+    pa, pb = a.wait_started(), b.wait_started()
+    assert request(pa, "PUT", S + "shared", {"Content-Type": "application/json"})[0] == 201
+    assert request(pb, "PUT", S + "shared", {"Content-Type": "application/json"})[0] == 200
+    sse = [SSEThread(p, S + "shared?offset=-1&live=sse") for p in (pa, pb)]
+    polls = [LongPollThread(p, "shared") for p in (pa, pb)]
+    for t in (*sse, *polls):
+        t.start()
+    writers = [Writers(pa, "shared", 2, tag="a").start(), Writers(pb, "shared", 2, tag="b").start()]
+    # the producer sends seq 0..29, alternating instances every 5, and retries
+    # each fifth request on the other instance (a client failing over)
+    for seq in range(30):
+        port = (pa, pb)[(seq // 5) % 2]
+        assert _producer_append(port, "shared", 0, seq, {"w": "P", "i": seq}) == 200
+        if seq % 5 == 4:
+            other = pb if port == pa else pa
+            assert _producer_append(other, "shared", 0, seq, {"w": "P", "i": seq}) == 204
+    for w in writers:
+        w.wait_for(40)
+        w.join()
+    # close through B: every reader on either instance must end
+    assert request(pb, "POST", S + "shared", {"Content-Type": "application/json",
+                                               "Stream-Closed": "true"})[0] == 204
+    for t in (*sse, *polls):
+        t.join(timeout=30)
+        assert not t.is_alive(), "a live reader was not woken by the close on the other instance"
+    acks = [*writers[0].acks, *writers[1].acks]
+    values = read_all(pa, "shared")
+    assert read_all(pb, "shared") == values
+    check_acknowledged(values, acks)
+    assert [v["i"] for v in values if v["w"] == "P"] == list(range(30))
+    for t in sse:
+        assert t.error is None, t.error
+        events = sse_parse(t.raw)
+        seen = [v for ev in events if ev.event == "data" for v in ev.json()]
+        assert seen == values, f"an SSE reader saw {len(seen)} of {len(values)} values"
+        assert events[-1].json().get("streamClosed") is True
+    for t in polls:
+        assert t.error is None, t.error
+        assert t.values == values
+
+
+def test_kill_9_of_one_instance_loses_nothing_acknowledged(servers, shared_store):
+    kind, url, prefix = shared_store
+    a = servers("--port", "0", "--store", url, "--store-prefix", prefix)
+    b = servers("--port", "0", "--store", url, "--store-prefix", prefix)
+    pa, pb = a.wait_started(), b.wait_started()
+    assert request(pa, "PUT", S + "k", {"Content-Type": "application/json"})[0] == 201
+    wa, wb = Writers(pa, "k", 3, tag="a").start(), Writers(pb, "k", 3, tag="b").start()
+    wa.wait_for(30)
+    wb.wait_for(30)
+    time.sleep(random.uniform(0.0, 0.3))
+    os.kill(a.proc.pid, signal.SIGKILL)
+    a.wait(30)
+    n = wb.count()
+    wb.wait_for(n + 30)  # B goes on serving
+    wa.join()
+    wb.join()
+    check_acknowledged(read_all(pb, "k"), [*wa.acks, *wb.acks])
+    c = servers("--port", "0", "--store", url, "--store-prefix", prefix)  # A's replacement
+    assert read_all(c.wait_started(), "k") == read_all(pb, "k")
+
+
+def test_append_through_one_instance_wakes_a_long_poll_on_the_other(servers, shared_store):
+    """The wake-up crosses instances by notification, not by a poll: the
+    long-poll timeout is 60 s, so only a notification answers it with data."""
+    kind, url, prefix = shared_store
+    a = servers("--port", "0", "--store", url, "--store-prefix", prefix)
+    b = servers("--port", "0", "--store", url, "--store-prefix", prefix,
+                "--long-poll-timeout", "60")
+    pa, pb = a.wait_started(), b.wait_started()
+    assert request(pa, "PUT", S + "wake", {"Content-Type": "text/plain"})[0] == 201
+    for round_ in range(3):
+        tail = request(pb, "HEAD", S + "wake")[1]["stream-next-offset"]
+        out = {}
+
+        def poll():
+            out["answer"] = request(pb, "GET", f"{S}wake?offset={tail}&live=long-poll",
+                                    timeout=90)
+            out["at"] = time.monotonic()
+
+        t = threading.Thread(target=poll, daemon=True)
+        t.start()
+        time.sleep(0.3)  # the long-poll is waiting on B
+        sent = time.monotonic()
+        assert request(pa, "POST", S + "wake", {"Content-Type": "text/plain"},
+                       f"m{round_}".encode())[0] == 204
+        t.join(timeout=20)
+        assert not t.is_alive(), "the long-poll on B was not woken by the append on A"
+        status, _, body = out["answer"]
+        assert (status, body) == (200, f"m{round_}".encode())
+        print(f"[{kind}] cross-instance wake-up {1000 * (out['at'] - sent):.1f} ms")
