@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "optionally against the reference server",
         description=http_bench.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter))
+    from unbroken_benches import stores as stores_bench
+
+    stores_bench.add_arguments(bench_sub.add_parser(
+        "stores", help="the HTTP server on each store side by side (file, Redis, two "
+                       "instances on one Redis, PostgreSQL): appends/s and SSE latency",
+        description=stores_bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
     from . import operator as operator_tools
 
     operator_tools.add_verify_arguments(sub.add_parser(
@@ -229,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         from unbroken_benches import http as http_bench
 
         return http_bench.run(args)
+    if args.command == "bench" and args.target == "stores":
+        from unbroken_benches import stores as stores_bench
+
+        return stores_bench.run(args)
     if args.command in ("verify", "inspect"):
         from . import operator as operator_tools
 

@@ -25,6 +25,8 @@ def _extra_headers(exc: Exception) -> list[tuple[str, str]]:
                 (h.STREAM_NEXT_OFFSET, format_offset(exc.next_offset))]
     if isinstance(exc, e.StaleEpoch):
         return [(h.PRODUCER_EPOCH, str(exc.current_epoch))]
+    if isinstance(exc, e.BackendUnavailable):
+        return [("Retry-After", "1")]
     if isinstance(exc, e.ProducerSeqGap):
         return [(h.PRODUCER_EXPECTED_SEQ, str(exc.expected)),
                 (h.PRODUCER_RECEIVED_SEQ, str(exc.received))]
@@ -39,7 +41,10 @@ def error_response(exc: Exception) -> Response:
         exc = e.StorageFull(exc.errno, f"storage full: {exc.strerror or exc}")
         status = exc.status_hint
     if status >= 500:
-        if isinstance(exc, (e.StorageFull, e.StorageIOError, e.LogClosedError)):
+        if isinstance(exc, e.BackendUnavailable):
+            log.warning("unbroken: %s", exc)  # one line: an outage is not a bug
+            message = str(exc)
+        elif isinstance(exc, (e.StorageFull, e.StorageIOError, e.LogClosedError)):
             message = str(exc)
         else:
             log.exception("internal error", exc_info=exc)

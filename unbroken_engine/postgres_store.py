@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import re
 
 import msgpack
@@ -42,7 +43,10 @@ except ImportError:  # pragma: no cover - exercised by the missing-extra test
 log = logging.getLogger("unbroken")
 
 CONNECT_TIMEOUT = 2  # seconds (libpq's connect_timeout is whole seconds)
-POOL_TIMEOUT = 2.0   # how long a request waits for a connection before its 503
+POOL_TIMEOUT = 1.0   # how long a request waits for a connection before its 503
+#: while the database is known to be down, a request waits only this long (the
+#: pool keeps reconnecting in the background; its first success ends the wait)
+DOWN_POOL_TIMEOUT = 0.05
 
 #: MIGRATIONS[n] is the SQL taking schema version n to n+1; {s} is the schema
 MIGRATIONS = [
@@ -181,6 +185,19 @@ class PostgresBackend(Backend):
             reconnect_timeout=0)
         self._listener: asyncio.Task | None = None
         self._listen_conn = None
+        self._down = False  # the last attempt to reach the database failed
+
+    @contextlib.asynccontextmanager
+    async def _connection(self):
+        """A pooled connection; fails at once while the database is down."""
+        try:
+            async with self._pool.connection(
+                    timeout=DOWN_POOL_TIMEOUT if self._down else POOL_TIMEOUT) as conn:
+                self._down = False
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout):
+            self._down = True
+            raise
 
     # -- lifecycle --
     async def start(self, on_notify, on_reconnect) -> None:
@@ -266,40 +283,40 @@ class PostgresBackend(Backend):
     @contextlib.asynccontextmanager
     async def transaction(self, hot: bool = False):
         with _guard("transaction"):
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self._connection() as conn, conn.transaction():
                 tx = _PgTx(self, conn)
                 yield tx
                 await tx.commit()
 
     async def load(self, path: str) -> Row | None:
         with _guard("read"):
-            async with self._pool.connection() as conn:
+            async with self._connection() as conn:
                 cur = await conn.execute(self.q_load, (path,))
                 found = await cur.fetchone()
         return None if found is None else _decode_row(path, found[0], found[1])
 
     async def rows(self, prefix: str = "") -> list[Row]:
         with _guard("list"):
-            async with self._pool.connection() as conn:
+            async with self._connection() as conn:
                 cur = await conn.execute(self.q_rows, (prefix,))
                 found = await cur.fetchall()
         return [_decode_row(p, a, r) for p, a, r in found]
 
     async def records(self, rid: str, lo: int, hi: int, limit: int) -> list[Rec]:
         with _guard("read"):
-            async with self._pool.connection() as conn:
+            async with self._connection() as conn:
                 cur = await conn.execute(self.q_records, (rid, lo, hi, limit))
                 found = await cur.fetchall()
         return [Rec(o, t, c, bytes(a), bytes(p)) for o, t, c, a, p in found]
 
     async def touch(self, path: str, rid: str, when: float) -> None:
         with _guard("touch"):
-            async with self._pool.connection() as conn:
+            async with self._connection() as conn:
                 await conn.execute(self.q_touch, (when, path, rid))
 
     async def server_time(self) -> float:
         with _guard("time"):
-            async with self._pool.connection() as conn:
+            async with self._connection() as conn:
                 cur = await conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8")
                 return (await cur.fetchone())[0]
 
@@ -307,7 +324,7 @@ class PostgresBackend(Backend):
     async def sweep_lock(self):
         key = f"unbroken sweep {self.schema}"
         with _guard("sweep lock"):
-            cm = self._pool.connection()
+            cm = self._connection()
             conn = await cm.__aenter__()
         try:
             with _guard("sweep lock"):
@@ -342,8 +359,9 @@ class PostgresStreamStore(SharedStreamStore):
 
     @classmethod
     async def open(cls, url: str, *, schema: str = "unbroken", clock=None,
-                   pool_size: int = 10) -> "PostgresStreamStore":
-        store = cls(PostgresBackend(url, schema=schema, pool_size=pool_size), clock=clock)
+                   local_clock=time.time, pool_size: int = 10) -> "PostgresStreamStore":
+        store = cls(PostgresBackend(url, schema=schema, pool_size=pool_size), clock=clock,
+                    local_clock=local_clock)
         try:
             return await store._start()
         except BaseException:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 
 import msgpack
@@ -317,9 +318,9 @@ class RedisStreamStore(SharedStreamStore):
 
     @classmethod
     async def open(cls, url: str, *, prefix: str = "unbroken:", clock=None,
-                   max_connections: int = 64) -> "RedisStreamStore":
+                   local_clock=time.time, max_connections: int = 64) -> "RedisStreamStore":
         store = cls(RedisBackend(url, prefix=prefix, max_connections=max_connections),
-                    clock=clock)
+                    clock=clock, local_clock=local_clock)
         try:
             return await store._start()
         except BaseException:

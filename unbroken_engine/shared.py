@@ -310,14 +310,18 @@ class SharedStreamStore(StreamStore):
 
     :param clock: wall-clock seconds; by default the backend's clock (through
         the measured offset). Tests inject a fake one.
+    :param local_clock: this machine's clock, which the measured offset
+        corrects (injectable to test instances whose clocks disagree)
     """
 
     kind = "shared"
 
-    def __init__(self, backend: Backend, *, clock: Callable[[], float] | None = None):
+    def __init__(self, backend: Backend, *, clock: Callable[[], float] | None = None,
+                 local_clock: Callable[[], float] = time.time):
         self._b = backend
         self._notifier = StreamNotifier()
         self._fixed_clock = clock
+        self._local = local_clock  # this machine's clock, corrected by the offset
         self._skew = 0.0
         self._closed = False
         self._locks: dict[str, list] = {}  # path -> [lock, users]
@@ -335,9 +339,9 @@ class SharedStreamStore(StreamStore):
         self._notifier.wake_waiters()  # notifications may have been missed
 
     async def _measure_clock(self) -> None:
-        t0 = time.time()
+        t0 = self._local()
         server = await self._b.server_time()
-        t1 = time.time()
+        t1 = self._local()
         self._skew = server - (t0 + t1) / 2
 
     async def _clock_loop(self) -> None:
@@ -351,7 +355,7 @@ class SharedStreamStore(StreamStore):
     def _now(self) -> float:
         if self._fixed_clock is not None:
             return self._fixed_clock()
-        return time.time() + self._skew
+        return self._local() + self._skew
 
     # ---- helpers ----------------------------------------------------------------
 

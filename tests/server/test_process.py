@@ -547,3 +547,183 @@ def test_append_through_one_instance_wakes_a_long_poll_on_the_other(servers, sha
         status, _, body = out["answer"]
         assert (status, body) == (200, f"m{round_}".encode())
         print(f"[{kind}] cross-instance wake-up {1000 * (out['at'] - sent):.1f} ms")
+
+
+# ---- backend outages ------------------------------------------------------------------------------
+
+class TcpProxy:
+    """A TCP relay in front of the backend that a test can cut (every
+    connection reset, new ones refused) and restore on the same port."""
+
+    def __init__(self, host: str, port: int):
+        self.target = (host, port)
+        self.port = 0
+        self.lock = threading.Lock()
+        self.socks: set = set()
+        self.listener = None
+        self.restore()
+
+    def restore(self) -> None:
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(64)
+        self.port = ls.getsockname()[1]
+        self.listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+
+    def cut(self) -> None:
+        # shutdown() first: close() alone does not wake a thread blocked in
+        # accept() or recv(), and the kernel socket would live on
+        for s in (self.listener, *self._take()):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _take(self) -> set:
+        with self.lock:
+            socks, self.socks = self.socks, set()
+        return socks
+
+    def _accept(self, ls) -> None:
+        while True:
+            try:
+                client, _ = ls.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.socks |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class ProducerWriters:
+    """Threads appending to a JSON stream as idempotent producers (one per
+    thread, seq = i), retrying a refused append with the same seq, as a
+    client that cannot tell whether a failed request landed must. Records
+    every answer: ``acks`` as in :class:`Writers`, ``failures`` as
+    (status or error, seconds it took, body)."""
+
+    def __init__(self, port: int, path: str, n: int):
+        self.port, self.path = port, path
+        self.acks: list[tuple] = []
+        self.failures: list[tuple] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(f"p{w}",), daemon=True)
+                        for w in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, w: str) -> None:
+        i = 0
+        while not self.stop.is_set():
+            body = json.dumps({"w": w, "i": i}).encode()
+            t0 = time.monotonic()
+            try:
+                status, headers, answer = request(self.port, "POST", S + self.path, {
+                    "Content-Type": "application/json", "Producer-Id": w,
+                    "Producer-Epoch": "0", "Producer-Seq": str(i)}, body, timeout=60)
+            except (OSError, http.client.HTTPException) as exc:
+                status, headers, answer = type(exc).__name__, {}, b""
+            took = time.monotonic() - t0
+            with self.lock:
+                if status in (200, 204):
+                    self.acks.append((headers["stream-next-offset"], w, i))
+                    i += 1
+                else:
+                    self.failures.append((status, took, answer))
+            if status not in (200, 204):
+                time.sleep(0.05)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.acks)
+
+    def wait_for(self, n: int, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while self.count() < n:
+            assert time.monotonic() < deadline, f"only {self.count()} acks"
+            time.sleep(0.02)
+
+    def join(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=90)
+            assert not t.is_alive()
+
+
+def _via_proxy(url: str, port: int) -> str:
+    """``url`` with its host and port replaced by the proxy's."""
+    scheme, rest = url.split("://", 1)
+    hostpart, _, tail = rest.partition("/")
+    cred = hostpart.rsplit("@", 1)[0] + "@" if "@" in hostpart else ""
+    return f"{scheme}://{cred}127.0.0.1:{port}/{tail}"
+
+
+def _host_port(url: str, default: int) -> tuple[str, int]:
+    hostpart = url.split("://", 1)[1].partition("/")[0].rsplit("@", 1)[-1]
+    host, _, port = hostpart.partition(":")
+    return host or "127.0.0.1", int(port or default)
+
+
+def test_backend_outage_fails_fast_ends_live_readers_and_recovers(servers, shared_store, sse_parse):
+    """Cut the server's connections to Redis / PostgreSQL during load: appends
+    fail fast with 503 and say why, the SSE reader's response ends cleanly,
+    the server recovers by itself when the backend is back, and every
+    acknowledged append is there exactly once (producers retry the refused ones)."""
+    kind, url, prefix = shared_store
+    proxy = TcpProxy(*_host_port(url, 6379 if kind == "redis" else 5432))
+    sp = servers("--port", "0", "--store", _via_proxy(url, proxy.port), "--store-prefix", prefix)
+    port = sp.wait_started()
+    assert request(port, "PUT", S + "o", {"Content-Type": "application/json"})[0] == 201
+    reader = SSEThread(port, S + "o?offset=-1&live=sse")
+    reader.start()
+    writers = ProducerWriters(port, "o", 3)
+    writers.wait_for(30)
+    proxy.cut()
+    reader.join(timeout=20)
+    assert not reader.is_alive(), "the SSE reader was not ended when the backend went away"
+    assert reader.error is None and reader.clean_end, reader.error
+    time.sleep(2)  # appends keep coming and keep failing
+    during = len(writers.failures)
+    status, _, body = request(port, "GET", S + "o?offset=-1", timeout=30)
+    assert status == 503 and b"unavailable" in body, (status, body)
+    proxy.restore()
+    n = writers.count()
+    writers.wait_for(n + 30)  # recovered by itself
+    writers.join()
+    assert during > 0, "no append failed while the backend was cut"
+    statuses = {s for s, _, _ in writers.failures}
+    assert statuses <= {503}, statuses
+    slowest = max(t for _, t, _ in writers.failures)
+    assert slowest < 5, f"a refused append took {slowest:.1f} s: not failing fast"
+    assert all(b"unavailable" in body for _, _, body in writers.failures)
+    values = read_all(port, "o")
+    check_acknowledged(values, writers.acks)
+    assert len(values) == len(writers.acks)  # a retried append that had landed is deduplicated
+    print(f"[{kind}] outage: {len(writers.failures)} appends refused (slowest "
+          f"{slowest:.2f} s), {len(writers.acks)} acknowledged, none lost")
