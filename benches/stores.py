@@ -67,6 +67,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import collections
 import dataclasses
 import json
 import math
@@ -267,6 +268,7 @@ class Settings:
         profile = QUICK if args.quick else FULL
 
         def pick(value, default):
+            """The option's value, or the profile's default when not given."""
             return default if value is None else value
 
         return cls(
@@ -367,6 +369,17 @@ def unusual_lines(log_text: str) -> list[str]:
     """The lines of a server's output other than its start and stop lines."""
     return [ln.rstrip() for ln in log_text.splitlines()
             if ln.strip() and not ln.startswith(ROUTINE_LOG)]
+
+
+def summarise_lines(lines: Sequence[str], limit: int = 5) -> str:
+    """Distinct lines in order of first appearance, each with its count when
+    repeated, at most ``limit`` of them: ``"3 x boom; bang (and 2 more)"``."""
+    counts = collections.Counter(lines)
+    distinct = list(counts)
+    shown = "; ".join(f"{counts[ln]} x {ln}" if counts[ln] > 1 else ln
+                      for ln in distinct[:limit])
+    rest = len(distinct) - limit
+    return shown + (f" (and {rest} other lines)" if rest > 0 else "")
 
 
 def median_figure(values: Sequence[tuple[float, bool]]) -> tuple[float | None, bool]:
@@ -522,6 +535,7 @@ async def spread_append_run(servers: Sequence[Server], body: bytes, connections:
         lat = array.array("q")
 
         async def worker(conn: HttpConnection) -> None:
+            """POST, wait for the answer, POST again, until stopped."""
             nonlocal ops, errors, first_error
             raw = request_bytes("POST", path, conn.host_header,
                                 [("Content-Type", JSON_TYPE)], body)
@@ -713,9 +727,8 @@ class Store:
             lines = unusual_lines(_read(path))
             if lines and self.skipped is None:
                 name = os.path.basename(path).removesuffix(".log")
-                shown = "; ".join(lines[:5])
-                more = f" (and {len(lines) - 5} more)" if len(lines) > 5 else ""
-                notes.append(f"{name}: {len(lines)} lines in its output: {shown}{more}")
+                notes.append(f"{name}: {len(lines)} lines in its output: "
+                             f"{summarise_lines(lines)}")
         return notes
 
 
@@ -816,6 +829,7 @@ def render_table(rows: Sequence[Row]) -> str:
     widths = [max(len(line[i]) for line in body) for i in range(len(TABLE_HEADER))]
 
     def line(cells):
+        """One aligned line of the table."""
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 

@@ -118,6 +118,8 @@ def test_start_failure_and_unusual_lines():
            "unbroken: Redis notifications lost (boom); reconnecting\n"
            "unbroken: stopped cleanly\n")
     assert sb.unusual_lines(out) == ["unbroken: Redis notifications lost (boom); reconnecting"]
+    assert sb.summarise_lines(["a", "b", "a", "a"]) == "3 x a; b"
+    assert sb.summarise_lines(["a", "b", "c"], limit=2) == "a; b (and 1 other lines)"
 
 
 def test_median_figure():

@@ -106,20 +106,36 @@ class _PgTx(Tx):
         self._conn = conn
         self._existed: dict[str, bool] = {}
 
-    async def _load(self, path: str) -> Row | None:
-        cur = await self._conn.execute(self._k.q_lock, (path,))
-        found = await cur.fetchone()
+    async def _load(self, path: str, producer: str | None):
+        if producer is None:
+            cur = await self._conn.execute(self._k.q_lock, (path,))
+            found, prod = await cur.fetchone(), None
+        else:
+            # The producer's state must be read by a statement of its own,
+            # *after* the row lock is granted: a join in the locking statement
+            # would return the producer row of that statement's snapshot,
+            # taken before a racing transaction committed (READ COMMITTED
+            # re-reads only the locked row). Pipelined: still one round trip.
+            async with self._conn.pipeline():
+                lock = await self._conn.execute(self._k.q_lock_rid, (path,))
+                state = await self._conn.execute(self._k.q_producer_of_path,
+                                                 (path, producer))
+            found, prod = await lock.fetchone(), await state.fetchone()
         self._existed[path] = found is not None
-        return None if found is None else _decode_row(path, found[0], found[1])
+        if found is None:
+            return None, None
+        state = None if prod is None else ProducerState(prod[0], prod[1])
+        return _decode_row(path, found[0], found[1]), state
 
-    async def producer(self, rid: str, pid: str) -> ProducerState | None:
-        cur = await self._conn.execute(self._k.q_producer, (rid, pid))
+    async def _load_producer(self, row: Row, pid: str) -> ProducerState | None:
+        cur = await self._conn.execute(self._k.q_producer, (row.rid, pid))
         found = await cur.fetchone()
         return None if found is None else ProducerState(found[0], found[1])
 
     async def commit(self) -> None:
         k, conn = self._k, self._conn
-        async with conn.cursor() as cur:
+        # pipeline mode: the writes go out together, one round trip, not one each
+        async with conn.pipeline(), conn.cursor() as cur:
             for path, row in self.drops.items():
                 if self._existed.get(path, True):
                     await cur.execute(k.q_drop_row, (path, row.rid))
@@ -134,8 +150,8 @@ class _PgTx(Tx):
             for rid, recs in self.records:
                 await cur.executemany(k.q_add_record, [
                     (rid, r.offset, r.type, r.msg_count, r.attrs, r.payload) for r in recs])
-            for rid, pid, epoch, seq in self.producers:
-                await cur.execute(k.q_producer_set, (rid, pid, epoch, seq))
+            for row, pid, epoch, seq in self.producers:
+                await cur.execute(k.q_producer_set, (row.rid, pid, epoch, seq))
             for path in dict.fromkeys(self.notices):
                 await cur.execute("SELECT pg_notify(%s, %s)", (k.channel, path))
 
@@ -158,6 +174,10 @@ class PostgresBackend(Backend):
         self.description = f"PostgreSQL store at {_redact(url)} (schema {schema})"
         s = schema
         self.q_lock = f"SELECT last_access, row FROM {s}.streams WHERE path = %s FOR UPDATE"
+        self.q_lock_rid = self.q_lock
+        self.q_producer_of_path = (
+            f"SELECT p.epoch, p.seq FROM {s}.producers p JOIN {s}.streams t "
+            "ON t.rid = p.rid WHERE t.path = %s AND p.producer = %s")
         self.q_load = f"SELECT last_access, row FROM {s}.streams WHERE path = %s"
         self.q_rows = (f"SELECT path, last_access, row FROM {s}.streams "
                        "WHERE starts_with(path, %s) ORDER BY path")

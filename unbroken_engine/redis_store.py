@@ -8,13 +8,16 @@ asyncio client). Keys, under a prefix (default ``unbroken:``)::
     {prefix}s:{path}        the stream's row (msgpack, see shared.Row)
     {prefix}a:{path}        its last access (sliding TTL), beside the row
     {prefix}r:{rid}         its records: sorted set scored by offset
-    {prefix}p:{rid}         its producers: hash of producer id -> [epoch, seq]
+    {prefix}p:{path}        its producers: hash of producer id -> [epoch, seq]
     {prefix}notify          pub/sub channel: the path of every stream that changed
     {prefix}sweep           the sweep lock (one sweeper at a time)
 
-An operation WATCHes the rows it reads and writes everything in one
-MULTI/EXEC; if another instance changed a watched row meanwhile, EXEC fails
-and the operation re-runs (:class:`~unbroken_engine.shared.Conflict`).
+An operation reads the rows it needs with plain GETs, decides, and commits
+with one Lua script that checks every row it read is unchanged and then
+applies all its writes (a compare-and-set over several keys; a script runs
+alone, so nothing comes in between). If another instance changed a row
+meanwhile, nothing is written and the operation re-runs
+(:class:`~unbroken_engine.shared.Conflict`).
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an
 acknowledged append survives a Redis restart; with Redis's defaults (or
@@ -56,6 +59,23 @@ local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[2], ARGV[1]) end
 return 1
 """
+# ARGV[1] = msgpack [checks, ops]. checks: [key index, value read or false];
+# ops: [command, key index (0: none), args...]. All checks pass, or nothing is
+# written and 0 returned. (A script runs alone: nothing can come in between.)
+_COMMIT = """
+local plan = cmsgpack.unpack(ARGV[1])
+for _, c in ipairs(plan[1]) do
+  if redis.call('GET', KEYS[c[1]]) ~= c[2] then return 0 end
+end
+for _, op in ipairs(plan[2]) do
+  if op[2] == 0 then
+    redis.call(op[1], unpack(op, 3))
+  else
+    redis.call(op[1], KEYS[op[2]], unpack(op, 3))
+  end
+end
+return 1
+"""
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -94,45 +114,73 @@ def _unpack_rec(raw: bytes) -> Rec:
 
 
 class _RedisTx(Tx):
-    def __init__(self, backend: "RedisBackend", pipe, hot: bool):
+    """Reads are plain GETs (pipelined); the commit is one Lua script that
+    first checks every key read still holds what was read, then applies every
+    write: optimistic concurrency in one round trip, without WATCH's dedicated
+    connection."""
+
+    def __init__(self, backend: "RedisBackend", hot: bool):
         super().__init__()
         self._k = backend
-        self._pipe = pipe
         self._hot = hot
+        self._seen: dict[str, bytes | bool] = {}  # key -> value read (False: absent)
 
-    async def _load(self, path: str) -> Row | None:
-        s, a = self._k.row_key(path), self._k.access_key(path)
-        # an append watches only the row; an expiry decision also watches
-        # the last access, so a read that renews the TTL meanwhile wins
-        await self._pipe.watch(*((s,) if self._hot else (s, a)))
-        raw, access = await self._pipe.mget(s, a)
-        return self._k.decode_row(path, raw, access)
+    async def _load(self, path: str, producer: str | None):
+        k = self._k
+        s, a = k.row_key(path), k.access_key(path)
+        pipe = k.client.pipeline(transaction=False)
+        pipe.mget(s, a)
+        if producer is not None:
+            pipe.hget(k.producers_key(path), producer)
+        answers = await pipe.execute()
+        raw, access = answers[0]
+        self._seen[s] = raw if raw is not None else False
+        if not self._hot:  # an expiry decision: a read renewing the TTL meanwhile wins
+            self._seen[a] = access if access is not None else False
+        state = None
+        if producer is not None and answers[1] is not None:
+            state = ProducerState(*msgpack.unpackb(answers[1]))
+        return k.decode_row(path, raw, access), state
 
-    async def producer(self, rid: str, pid: str) -> ProducerState | None:
-        raw = await self._pipe.hget(self._k.producers_key(rid), pid)
-        if raw is None:
-            return None
-        epoch, seq = msgpack.unpackb(raw)
-        return ProducerState(epoch, seq)
+    async def _load_producer(self, row: Row, pid: str) -> ProducerState | None:
+        raw = await self._k.client.hget(self._k.producers_key(row.path), pid)
+        return None if raw is None else ProducerState(*msgpack.unpackb(raw))
 
     async def commit(self) -> None:
-        k, pipe = self._k, self._pipe
-        pipe.multi()
+        k = self._k
+        keys: list[str] = []
+        index: dict[str, int] = {}
+
+        def key(name: str) -> int:
+            if name not in index:
+                keys.append(name)
+                index[name] = len(keys)  # Lua's KEYS is 1-based
+            return index[name]
+
+        checks = [[key(name), value] for name, value in self._seen.items()]
+        ops: list = []
         for path, row in self.drops.items():
-            pipe.delete(k.row_key(path), k.access_key(path))
-            pipe.unlink(k.records_key(row.rid), k.producers_key(row.rid))
-            pipe.zrem(k.paths_key, path)
+            ops.append(["DEL", key(k.row_key(path))])
+            ops.append(["DEL", key(k.access_key(path))])
+            ops.append(["DEL", key(k.producers_key(path))])
+            ops.append(["UNLINK", key(k.records_key(row.rid))])
+            ops.append(["ZREM", key(k.paths_key), path])
         for path, row in self.puts.items():
-            pipe.set(k.row_key(path), msgpack.packb(row.to_dict()))
-            pipe.set(k.access_key(path), repr(row.last_access))
-            pipe.zadd(k.paths_key, {path: 0})
+            ops.append(["SET", key(k.row_key(path)), msgpack.packb(row.to_dict())])
+            ops.append(["SET", key(k.access_key(path)), repr(row.last_access)])
+            ops.append(["ZADD", key(k.paths_key), 0, path])
         for rid, recs in self.records:
-            pipe.zadd(k.records_key(rid), {_pack_rec(r): r.offset for r in recs})
-        for rid, pid, epoch, seq in self.producers:
-            pipe.hset(k.producers_key(rid), pid, msgpack.packb([epoch, seq]))
+            for r in recs:
+                # the score as text: Lua would print a number over 10^14 rounded
+                ops.append(["ZADD", key(k.records_key(rid)), str(r.offset), _pack_rec(r)])
+        for row, pid, epoch, seq in self.producers:
+            ops.append(["HSET", key(k.producers_key(row.path)), pid, msgpack.packb([epoch, seq])])
         for path in dict.fromkeys(self.notices):
-            pipe.publish(k.channel, path)
-        await pipe.execute()
+            ops.append(["PUBLISH", 0, k.channel, path])
+        if not ops:
+            return
+        if not await k.commit_script(keys=keys, args=[msgpack.packb([checks, ops], use_bin_type=False)]):
+            raise Conflict()
 
 
 class RedisBackend(Backend):
@@ -148,6 +196,8 @@ class RedisBackend(Backend):
         self._r = aioredis.Redis.from_url(
             url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT,
             max_connections=max_connections, retry_on_timeout=False)
+        self.client = self._r
+        self.commit_script = self._r.register_script(_COMMIT)
         self._touch = self._r.register_script(_TOUCH)
         self._unlock = self._r.register_script(_UNLOCK)
         self._listener: asyncio.Task | None = None
@@ -162,8 +212,8 @@ class RedisBackend(Backend):
     def records_key(self, rid: str) -> str:
         return f"{self.prefix}r:{rid}"
 
-    def producers_key(self, rid: str) -> str:
-        return f"{self.prefix}p:{rid}"
+    def producers_key(self, path: str) -> str:
+        return f"{self.prefix}p:{path}"
 
     @staticmethod
     def decode_row(path: str, raw, access) -> Row | None:
@@ -236,13 +286,9 @@ class RedisBackend(Backend):
     @contextlib.asynccontextmanager
     async def transaction(self, hot: bool = False):
         with _guard("transaction"):
-            pipe = self._r.pipeline(transaction=True)
-            try:
-                tx = _RedisTx(self, pipe, hot)
-                yield tx
-                await tx.commit()
-            finally:
-                await pipe.reset()
+            tx = _RedisTx(self, hot)
+            yield tx
+            await tx.commit()
 
     async def load(self, path: str) -> Row | None:
         with _guard("read"):

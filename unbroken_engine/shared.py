@@ -83,8 +83,10 @@ _CLOSERS = (RecordType.DATA_CLOSE, RecordType.CLOSE)
 #: how often an operation that lost a race (a Redis WATCH conflict, a
 #: PostgreSQL deadlock or unique violation) is re-run before giving up
 MAX_ATTEMPTS = 64
-#: records fetched per backend round trip when reading
-READ_BATCH = 256
+#: most records fetched per backend round trip when reading; the first trip
+#: asks for few, later ones for as many as the byte budget seems to allow
+READ_BATCH = 1024
+FIRST_READ_BATCH = 16
 #: how often each instance re-measures its offset from the backend's clock
 CLOCK_EVERY = 60.0
 
@@ -177,19 +179,25 @@ class Row:
                    closed_at=d["closed"], last_seq=d["seq"], soft_deleted=d["soft"])
 
 
-@dataclass(frozen=True)
 class Rec:
     """One stored record: an append (or a close) at ``offset``."""
 
-    offset: int
-    type: int
-    msg_count: int
-    attrs: bytes
-    payload: bytes
+    __slots__ = ("offset", "type", "msg_count", "attrs", "payload")
+
+    def __init__(self, offset: int, type: int, msg_count: int, attrs: bytes, payload: bytes):
+        self.offset = offset
+        self.type = type
+        self.msg_count = msg_count
+        self.attrs = attrs
+        self.payload = payload
 
     @property
     def next_offset(self) -> int:
+        """The offset after this record (the file store's arithmetic)."""
         return self.offset + nat.REC_HEADER_SIZE + len(self.attrs) + len(self.payload)
+
+    def __repr__(self) -> str:
+        return f"Rec({self.offset}, type={self.type}, {len(self.payload)} bytes)"
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -204,17 +212,30 @@ class Tx(abc.ABC):
 
     def __init__(self) -> None:
         self._rows: dict[str, Row | None] = {}
+        self._producers: dict[tuple[str, str], ProducerState | None] = {}
         self.puts: dict[str, Row] = {}
         self.drops: dict[str, Row] = {}
         self.records: list[tuple[str, list[Rec]]] = []
-        self.producers: list[tuple[str, str, int, int]] = []
+        self.producers: list[tuple[Row, str, int, int]] = []
         self.notices: list[str] = []
 
-    async def get(self, path: str) -> Row | None:
-        """The row at ``path`` (None if there is none), locked or watched."""
+    async def get(self, path: str, producer: str | None = None) -> Row | None:
+        """The row at ``path`` (None if there is none), locked or watched;
+        ``producer``: that producer's state will be asked for too (a backend
+        may fetch it in the same round trip)."""
         if path not in self._rows:
-            self._rows[path] = await self._load(path)
+            row, state = await self._load(path, producer)
+            self._rows[path] = row
+            if producer is not None and row is not None:
+                self._producers[(path, producer)] = state
         return self._rows[path]
+
+    async def producer(self, row: Row, pid: str) -> ProducerState | None:
+        """A producer's state in stream ``row`` (read in this transaction)."""
+        key = (row.path, pid)
+        if key not in self._producers:
+            self._producers[key] = await self._load_producer(row, pid)
+        return self._producers[key]
 
     def put(self, row: Row) -> None:
         """Create or replace ``row`` (and its last access) at commit."""
@@ -232,19 +253,20 @@ class Tx(abc.ABC):
         if recs:
             self.records.append((rid, recs))
 
-    def set_producer(self, rid: str, pid: str, epoch: int, seq: int) -> None:
-        self.producers.append((rid, pid, epoch, seq))
+    def set_producer(self, row: Row, pid: str, epoch: int, seq: int) -> None:
+        """Record a producer's new (epoch, seq) in stream ``row`` at commit."""
+        self.producers.append((row, pid, epoch, seq))
 
     def notify(self, path: str) -> None:
         """Tell every instance ``path`` changed, once the commit is done."""
         self.notices.append(path)
 
     @abc.abstractmethod
-    async def _load(self, path: str) -> Row | None: ...
+    async def _load(self, path: str, producer: str | None) -> tuple[Row | None, object]:
+        """``(row, state of producer)``; the state only if asked and cheap."""
 
     @abc.abstractmethod
-    async def producer(self, rid: str, pid: str) -> ProducerState | None:
-        """A producer's state in stream ``rid`` (read in this transaction)."""
+    async def _load_producer(self, row: Row, pid: str) -> ProducerState | None: ...
 
     @abc.abstractmethod
     async def commit(self) -> None:
@@ -631,7 +653,7 @@ class SharedStreamStore(StreamStore):
 
     async def _append(self, tx: Tx, path: str, data: bytes, o: AppendOptions) -> AppendResult:
         now = self._now()
-        row = self._live(await tx.get(path), path, now)
+        row = self._live(await tx.get(path, o.producer.id if o.producer else None), path, now)
         close_only = not data
         p = o.producer
         if row.ttl is not None and row.expires_at is None:
@@ -644,7 +666,7 @@ class SharedStreamStore(StreamStore):
             raise errors.ContentTypeMismatch(row.content_type, o.content_type)
         outcome = None
         if p is not None:
-            state = await tx.producer(row.rid, p.id)
+            state = await tx.producer(row, p.id)
             outcome = validate(state, p.epoch, p.seq)
             if outcome is ProducerOutcome.DUPLICATE:
                 return AppendResult(row.tail, outcome, p.epoch, state.last_seq, False)
@@ -669,7 +691,7 @@ class SharedStreamStore(StreamStore):
             row.last_seq = o.seq
         tx.add_records(row.rid, [rec])
         if p is not None:
-            tx.set_producer(row.rid, p.id, p.epoch, p.seq)
+            tx.set_producer(row, p.id, p.epoch, p.seq)
         tx.put(row)
         tx.notify(path)
         return AppendResult(row.tail, outcome, p.epoch if p else None, p.seq if p else None,
@@ -679,7 +701,7 @@ class SharedStreamStore(StreamStore):
                                 close_only: bool) -> AppendResult:
         p = o.producer
         if p is not None:
-            state = await tx.producer(row.rid, p.id)
+            state = await tx.producer(row, p.id)
             try:
                 if validate(state, p.epoch, p.seq) is ProducerOutcome.DUPLICATE:
                     return AppendResult(row.tail, ProducerOutcome.DUPLICATE, p.epoch,
@@ -717,12 +739,14 @@ class SharedStreamStore(StreamStore):
         parts: list[bytes] = []
         size = taken = 0
         first = True
+        limit = FIRST_READ_BATCH
         for rid, lo, hi in self._ranges(row, offset, row.tail):
             at = lo
             while at < hi:
-                recs = await self._b.records(rid, at, hi, READ_BATCH)
+                recs = await self._b.records(rid, at, hi, limit)
                 if not recs:
                     break
+                fetched = len(recs)
                 for rec in recs:
                     if first:
                         first = False
@@ -736,8 +760,11 @@ class SharedStreamStore(StreamStore):
                     size += need
                     taken += 1
                     offset = at = rec.next_offset
-                if len(recs) < READ_BATCH:
+                if fetched < limit:
                     break
+                # as many as the rest of the budget holds at the mean size so far
+                mean = max(1, size // max(1, taken))
+                limit = max(1, min(READ_BATCH, (budget - size) // mean + 1))
         if first and offset != row.tail:
             raise errors.InvalidOffset(offset)
         return parts, offset
