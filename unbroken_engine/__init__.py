@@ -2,7 +2,10 @@
 
 Two levels of API. Streams with the protocol's semantics (what the server
 serves): :class:`FileBackedStreamStore`, :class:`MemoryStreamStore`, or
-:class:`SyncStreamStore` around either. One log, the storage primitive::
+:class:`SyncStreamStore` around either; :class:`RedisStreamStore` and
+:class:`PostgresStreamStore` keep them in a backend several processes share
+(optional extras ``unbroken[redis]``, ``unbroken[postgres]``; imported on
+first use, so the engine never needs their drivers). One log, the storage primitive::
 
     from unbroken_engine import SegmentedLog, LogConfig, Durability
 
@@ -59,4 +62,17 @@ __all__ = [
     "DEFAULT_DATA_DIR", "FileBackedStreamStore", "MemoryStreamStore", "NOW", "START",
     "format_offset", "parse_offset", "ProducerOutcome", "AppendOptions", "AppendResult",
     "CreateOptions", "CreateResult", "Producer", "StreamMeta", "StreamStore", "SyncStreamStore",
+    "RedisStreamStore", "PostgresStreamStore", "open_store",
 ]
+
+_LAZY = {"RedisStreamStore": ".redis_store", "PostgresStreamStore": ".postgres_store",
+         "open_store": ".shared"}
+
+
+def __getattr__(name: str):
+    """The shared stores, imported on first use (their drivers are optional)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -380,6 +380,12 @@ class PostgresStreamStore(SharedStreamStore):
     @classmethod
     async def open(cls, url: str, *, schema: str = "unbroken", clock=None,
                    local_clock=time.time, pool_size: int = 10) -> "PostgresStreamStore":
+        """Connect, create or migrate the schema, LISTEN for changes.
+
+        :raises BackendUnavailable: the database cannot be reached
+        :raises BackendSchemaError: the schema is of a newer version
+        :raises MissingExtra: psycopg is not installed
+        """
         store = cls(PostgresBackend(url, schema=schema, pool_size=pool_size), clock=clock,
                     local_clock=local_clock)
         try:

@@ -204,19 +204,24 @@ class RedisBackend(Backend):
 
     # -- keys --
     def row_key(self, path: str) -> str:
+        """The key of a stream's row."""
         return f"{self.prefix}s:{path}"
 
     def access_key(self, path: str) -> str:
+        """The key of a stream's last access."""
         return f"{self.prefix}a:{path}"
 
     def records_key(self, rid: str) -> str:
+        """The key of an incarnation's records."""
         return f"{self.prefix}r:{rid}"
 
     def producers_key(self, path: str) -> str:
+        """The key of a stream's producer states."""
         return f"{self.prefix}p:{path}"
 
     @staticmethod
     def decode_row(path: str, raw, access) -> Row | None:
+        """The row stored as ``raw`` (None if there is none)."""
         if raw is None:
             return None
         d = msgpack.unpackb(raw)
@@ -365,6 +370,12 @@ class RedisStreamStore(SharedStreamStore):
     @classmethod
     async def open(cls, url: str, *, prefix: str = "unbroken:", clock=None,
                    local_clock=time.time, max_connections: int = 64) -> "RedisStreamStore":
+        """Connect, create or check the key layout, subscribe to changes.
+
+        :raises BackendUnavailable: Redis cannot be reached
+        :raises BackendSchemaError: the keys are of a newer layout
+        :raises MissingExtra: redis-py is not installed
+        """
         store = cls(RedisBackend(url, prefix=prefix, max_connections=max_connections),
                     clock=clock, local_clock=local_clock)
         try:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -80,9 +81,10 @@ from .streams import (
 log = logging.getLogger("unbroken")
 
 _CLOSERS = (RecordType.DATA_CLOSE, RecordType.CLOSE)
-#: how often an operation that lost a race (a Redis WATCH conflict, a
-#: PostgreSQL deadlock or unique violation) is re-run before giving up
-MAX_ATTEMPTS = 64
+#: how long an operation that keeps losing races (a row changed under a Redis
+#: compare-and-set, a PostgreSQL deadlock or unique violation) is re-run, with
+#: jittered backoff, before it answers 503
+CONTENTION_LIMIT = 5.0
 #: most records fetched per backend round trip when reading; the first trip
 #: asks for few, later ones for as many as the byte budget seems to allow
 READ_BATCH = 1024
@@ -140,22 +142,27 @@ class Row:
     # -- what the shared rules (streams.check_same_config) read --
     @property
     def media(self) -> str:
+        """The content type's media type (lower case, no parameters)."""
         return media_type(self.content_type)
 
     @property
     def json(self) -> bool:
+        """Whether this is a JSON stream."""
         return is_json(self.content_type)
 
     @property
     def fork_offset(self) -> int | None:
+        """Where a fork starts in its source (None: not a fork)."""
         return self.base if self.source is not None else None
 
     @property
     def requested(self) -> _Requested:
+        """What the creating request asked for (to judge an identical create)."""
         return _Requested(self.req_media, self.req_ttl, _parse_time(self.req_expires_at),
                           self.fork_from, self.fork_offset, self.fork_sub_offset)
 
     def expires(self) -> datetime | None:
+        """The absolute expiry as a datetime, if any."""
         return _parse_time(self.expires_at)
 
     def to_dict(self) -> dict:
@@ -169,6 +176,7 @@ class Row:
 
     @classmethod
     def from_dict(cls, path: str, d: dict, last_access: float) -> "Row":
+        """The row :meth:`to_dict` made."""
         return cls(path=path, rid=d["rid"], content_type=d["ct"], created_at=d["created"],
                    last_access=last_access, ttl=d["ttl"], expires_at=d["exp"],
                    req_media=d["rmedia"], req_ttl=d["rttl"], req_expires_at=d["rexp"],
@@ -250,6 +258,7 @@ class Tx(abc.ABC):
         self.drops[row.path] = row
 
     def add_records(self, rid: str, recs: list[Rec]) -> None:
+        """Store ``recs`` in stream ``rid`` at commit."""
         if recs:
             self.records.append((rid, recs))
 
@@ -288,7 +297,8 @@ class Backend(abc.ABC):
         ``on_reconnect()`` after the listener lost its connection and got it back."""
 
     @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Stop listening and release every connection."""
 
     @abc.abstractmethod
     def transaction(self, hot: bool = False):
@@ -347,6 +357,7 @@ class SharedStreamStore(StreamStore):
         self._skew = 0.0
         self._closed = False
         self._locks: dict[str, list] = {}  # path -> [lock, users]
+        self._loads: dict = {}  # notifier event -> future of the row (_load_once)
         self._clock_task: asyncio.Task | None = None
         self.description = backend.description
 
@@ -389,12 +400,16 @@ class SharedStreamStore(StreamStore):
         """Run ``op`` in a transaction, again while it loses races.
         ``hot``: an append (the backend may lock or watch less)."""
         self._check_open()
-        for _ in range(MAX_ATTEMPTS):
+        deadline = time.monotonic() + CONTENTION_LIMIT
+        for attempt in range(1 << 30):
             try:
                 async with self._b.transaction(hot=hot) as tx:
                     result = await op(tx)
             except Conflict:
-                await anyio.sleep(0)
+                if time.monotonic() > deadline:
+                    break
+                # jittered backoff: instances that collided do not collide again in step
+                await anyio.sleep(random.uniform(0, min(0.05, 0.0005 * (1 << min(attempt, 7)))))
                 continue
             if isinstance(result, _RaiseAfterCommit):
                 raise result.error
@@ -769,13 +784,41 @@ class SharedStreamStore(StreamStore):
             raise errors.InvalidOffset(offset)
         return parts, offset
 
+    async def _load_once(self, event, path: str) -> Row:
+        """The served row at ``path``, read once for every waiter that holds
+        ``event`` (the next notification of ``path``): a read that started
+        after the event existed is fresh enough for each of them, since any
+        later commit sets the event. One read per notification and instance,
+        not one per live reader."""
+        pending = self._loads.get(event)
+        if pending is not None:
+            row = await asyncio.shield(pending)
+            if row is not None:
+                return row
+            return await self._served(path, self._now())  # its reader was cancelled
+        pending = self._loads[event] = asyncio.get_running_loop().create_future()
+        try:
+            row = await self._served(path, self._now())
+        except Exception as exc:  # every sharer gets the same answer
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: no "never retrieved" warning
+            raise
+        except BaseException:
+            pending.set_result(None)  # cancelled: the sharers read for themselves
+            raise
+        else:
+            pending.set_result(row)
+            return row
+        finally:
+            del self._loads[event]
+
     async def wait_for_messages(self, path: str, offset: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         generation = self._notifier.generation
         while True:
             self._check_open()
             event = self._notifier.event(path)  # before the check: nothing slips by
-            row = await self._served(path, self._now())
+            row = await self._load_once(event, path)
             if row.tail > offset or row.closed_at is not None:
                 return True
             remaining = deadline - time.monotonic()

@@ -10,7 +10,10 @@ them for the wire. Reads take an ``int``, :data:`~unbroken_engine.offsets.START`
 or :data:`~unbroken_engine.offsets.NOW`.
 
 Implementations: :class:`~unbroken_engine.memory_store.MemoryStreamStore`,
-:class:`~unbroken_engine.file_store.FileBackedStreamStore` (the default). All
+:class:`~unbroken_engine.file_store.FileBackedStreamStore` (the default),
+:class:`~unbroken_engine.redis_store.RedisStreamStore` and
+:class:`~unbroken_engine.postgres_store.PostgresStreamStore` (shared by
+several processes; asyncio only). All
 methods are coroutines and must be called from the event loop that owns the
 store; :class:`~unbroken_engine.sync.SyncStreamStore` wraps one for programs
 without an event loop.

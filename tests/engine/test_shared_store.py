@@ -188,6 +188,33 @@ async def test_a_dropped_notification_connection_never_strands_a_waiter(backend)
         await b.aclose()
 
 
+async def test_waiters_woken_together_share_one_backend_read(backend):
+    """Fifty live readers of one stream on one instance: an append wakes all
+    of them, and they check the stream with one backend read, not fifty; a
+    reader cancelled meanwhile does not disturb the others."""
+    a, b = await open_instance(backend), await open_instance(backend)
+    try:
+        tail = (await a.create("fan", CreateOptions(data=b"x"))).meta.next_offset
+        waiters = [asyncio.ensure_future(b.wait_for_messages("fan", tail, 30))
+                   for _ in range(50)]
+        await asyncio.sleep(0.2)
+        loads = []
+        real_load = b._b.load
+
+        async def counting_load(path):
+            loads.append(path)
+            return await real_load(path)
+
+        b._b.load = counting_load
+        waiters[0].cancel()
+        await a.append("fan", b"y")
+        assert await asyncio.wait_for(asyncio.gather(*waiters[1:]), 15) == [True] * 49
+        assert len(loads) < 10, f"{len(loads)} backend reads for one notification"
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
 # ---- time and the sweeper ---------------------------------------------------------------------
 
 async def test_instances_whose_clocks_disagree_agree_on_expiry(backend):
