@@ -303,7 +303,9 @@ class PostgresBackend(Backend):
     @contextlib.asynccontextmanager
     async def transaction(self, hot: bool = False):
         with _guard("transaction"):
-            async with self._connection() as conn, conn.transaction():
+            # pipeline mode around the transaction: BEGIN travels with the
+            # first read, and the writes with COMMIT (two round trips in all)
+            async with self._connection() as conn, conn.pipeline(), conn.transaction():
                 tx = _PgTx(self, conn)
                 yield tx
                 await tx.commit()

@@ -76,6 +76,11 @@ for _, op in ipairs(plan[2]) do
 end
 return 1
 """
+# a row, its last access and one producer's state, in one round trip
+_READ = """
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]),
+        redis.call('HGET', KEYS[3], ARGV[1])}
+"""
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -128,18 +133,16 @@ class _RedisTx(Tx):
     async def _load(self, path: str, producer: str | None):
         k = self._k
         s, a = k.row_key(path), k.access_key(path)
-        pipe = k.client.pipeline(transaction=False)
-        pipe.mget(s, a)
-        if producer is not None:
-            pipe.hget(k.producers_key(path), producer)
-        answers = await pipe.execute()
-        raw, access = answers[0]
+        if producer is None:
+            raw, access = await k.client.mget(s, a)
+            prod = None
+        else:  # the producer's state in the same round trip
+            raw, access, prod = await k.read_script(
+                keys=[s, a, k.producers_key(path)], args=[producer])
         self._seen[s] = raw if raw is not None else False
         if not self._hot:  # an expiry decision: a read renewing the TTL meanwhile wins
             self._seen[a] = access if access is not None else False
-        state = None
-        if producer is not None and answers[1] is not None:
-            state = ProducerState(*msgpack.unpackb(answers[1]))
+        state = None if prod is None else ProducerState(*msgpack.unpackb(prod))
         return k.decode_row(path, raw, access), state
 
     async def _load_producer(self, row: Row, pid: str) -> ProducerState | None:
@@ -198,6 +201,7 @@ class RedisBackend(Backend):
             max_connections=max_connections, retry_on_timeout=False)
         self.client = self._r
         self.commit_script = self._r.register_script(_COMMIT)
+        self.read_script = self._r.register_script(_READ)
         self._touch = self._r.register_script(_TOUCH)
         self._unlock = self._r.register_script(_UNLOCK)
         self._listener: asyncio.Task | None = None
