@@ -51,6 +51,7 @@ SCHEMA_VERSION = 1
 MIGRATIONS: list = []
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
+POOL_TIMEOUT = 2.0  # how long a request waits for a free connection
 SWEEP_LOCK_MS = 30_000
 
 _TOUCH = """
@@ -196,9 +197,16 @@ class RedisBackend(Backend):
         self.paths_key = prefix + "paths"
         self.channel = prefix + "notify"
         self.description = f"Redis store at {_redact(url)} (keys {prefix}*)"
-        self._r = aioredis.Redis.from_url(
-            url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT,
-            max_connections=max_connections, retry_on_timeout=False)
+        #: this instance's connections in CLIENT LIST (names allow no spaces)
+        self.client_name = f"unbroken-{uuid.uuid4().hex[:12]}"
+        # a blocking pool: at its limit a request waits for a connection (up
+        # to POOL_TIMEOUT, then 503) instead of failing at once with "Too many
+        # connections", as the default pool does under a crowd of live readers
+        self._pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=POOL_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT,
+            client_name=self.client_name)
+        self._r = aioredis.Redis(connection_pool=self._pool)
         self.client = self._r
         self.commit_script = self._r.register_script(_COMMIT)
         self.read_script = self._r.register_script(_READ)
@@ -290,6 +298,8 @@ class RedisBackend(Backend):
                 await self._listener
         with contextlib.suppress(Exception):
             await self._r.aclose()
+        with contextlib.suppress(Exception):
+            await self._pool.aclose()
 
     # -- transactions and reads --
     @contextlib.asynccontextmanager

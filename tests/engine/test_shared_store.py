@@ -144,8 +144,12 @@ async def _kill_listener(kind: str, store) -> None:
         import redis.asyncio as aioredis
 
         admin = aioredis.Redis.from_url(store._b.url)
-        try:
-            await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        try:  # only this store's subscriber: others may share this Redis
+            mine = [c for c in await admin.client_list(_type="pubsub")
+                    if c.get("name") == store._b.client_name]
+            assert mine, "the store's subscriber connection is not named"
+            for c in mine:
+                await admin.client_kill_filter(_id=c["id"])
         finally:
             await admin.aclose()
     else:
