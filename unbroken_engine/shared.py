@@ -21,8 +21,10 @@ commits if no row it read changed meanwhile: PostgreSQL locks the rows it reads
 ``EXEC``) and a conflict re-runs the operation (:class:`Conflict`). So two
 instances appending to one stream at once never lose, duplicate or reorder an
 acknowledged append, and producer fencing holds across instances. Within one
-instance, appends to a path also take a local lock, so they do not retry
-against each other.
+instance, appends to a path queue up and commit together (group commit: one
+transaction carries every append that arrived while the previous one was on
+its way, each decided in order), so they neither retry against each other
+nor wait one round trip apiece.
 
 Time. Expiry is decided on the backend's clock: each instance measures its
 offset from the backend's clock at start and every minute
@@ -45,6 +47,8 @@ import logging
 import random
 import time
 import uuid
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Awaitable, Callable
@@ -91,6 +95,67 @@ READ_BATCH = 1024
 FIRST_READ_BATCH = 16
 #: how often each instance re-measures its offset from the backend's clock
 CLOCK_EVERY = 60.0
+
+
+#: bytes of recently written or read records each instance keeps: records
+#: never change once committed, so live readers following a stream's tail
+#: read them from here instead of one backend trip each
+RECORD_CACHE_BYTES = 8 << 20
+#: records larger than this are not cached
+RECORD_CACHE_MAX = 256 << 10
+
+
+class RecordCache:
+    """Recent records by (incarnation id, offset), least recently used out.
+
+    Safe without invalidation: a committed record never changes, and an
+    incarnation id is never reused. Only runs of records that follow each
+    other are served, so a reader gets exactly what the backend would give.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.size = 0
+        self._recs: OrderedDict = OrderedDict()
+
+    def add(self, rid: str, recs) -> None:
+        """Remember ``recs`` (committed records of ``rid``)."""
+        for rec in recs:
+            n = len(rec.payload) + len(rec.attrs) + 64
+            if n > RECORD_CACHE_MAX or (rid, rec.offset) in self._recs:
+                continue
+            self._recs[(rid, rec.offset)] = rec
+            self.size += n
+        while self.size > self.capacity and self._recs:
+            _, old = self._recs.popitem(last=False)
+            self.size -= len(old.payload) + len(old.attrs) + 64
+
+    def run(self, rid: str, at: int, hi: int, most: int = 1024) -> list:
+        """The cached records of ``rid`` that follow each other from ``at``
+        (below ``hi``); empty if the one at ``at`` is not cached."""
+        out = []
+        while at < hi and len(out) < most:
+            rec = self._recs.get((rid, at))
+            if rec is None:
+                break
+            self._recs.move_to_end((rid, at))
+            out.append(rec)
+            at = rec.next_offset
+        return out
+
+
+#: most appends (and bytes) one transaction commits for a stream
+APPEND_BATCH = 64
+APPEND_BATCH_BYTES = 4 << 20
+
+
+@dataclass
+class _Pending:
+    """An append waiting for its stream's next transaction."""
+
+    data: bytes
+    o: AppendOptions
+    future: asyncio.Future
 
 
 class Conflict(Exception):
@@ -263,8 +328,10 @@ class Tx(abc.ABC):
             self.records.append((rid, recs))
 
     def set_producer(self, row: Row, pid: str, epoch: int, seq: int) -> None:
-        """Record a producer's new (epoch, seq) in stream ``row`` at commit."""
+        """Record a producer's new (epoch, seq) in stream ``row`` at commit
+        (later appends of the same transaction see it at once)."""
         self.producers.append((row, pid, epoch, seq))
+        self._producers[(row.path, pid)] = ProducerState(epoch, seq)
 
     def notify(self, path: str) -> None:
         """Tell every instance ``path`` changed, once the commit is done."""
@@ -356,8 +423,11 @@ class SharedStreamStore(StreamStore):
         self._local = local_clock  # this machine's clock, corrected by the offset
         self._skew = 0.0
         self._closed = False
-        self._locks: dict[str, list] = {}  # path -> [lock, users]
+        self._queues: dict[str, list] = {}  # path -> appends waiting (_drain)
+        self._draining: set[str] = set()
         self._loads: dict = {}  # notifier event -> future of the row (_load_once)
+        self._woken: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # task -> rows
+        self._records = RecordCache(RECORD_CACHE_BYTES)
         self._clock_task: asyncio.Task | None = None
         self.description = backend.description
 
@@ -411,30 +481,12 @@ class SharedStreamStore(StreamStore):
                 # jittered backoff: instances that collided do not collide again in step
                 await anyio.sleep(random.uniform(0, min(0.05, 0.0005 * (1 << min(attempt, 7)))))
                 continue
+            for rid, recs in tx.records:  # committed: immutable from now on
+                self._records.add(rid, recs)
             if isinstance(result, _RaiseAfterCommit):
                 raise result.error
             return result
         raise errors.BackendUnavailable("too much contention on the backend; try again")
-
-    def _local_lock(self, path: str):
-        store = self
-
-        class _Held:
-            async def __aenter__(self):
-                entry = store._locks.get(path)
-                if entry is None:
-                    entry = store._locks[path] = [anyio.Lock(), 0]
-                entry[1] += 1
-                self.entry = entry
-                await entry[0].acquire()
-
-            async def __aexit__(self, *exc):
-                self.entry[0].release()
-                self.entry[1] -= 1
-                if not self.entry[1]:
-                    store._locks.pop(path, None)
-
-        return _Held()
 
     def _is_expired(self, row: Row, now: float) -> bool:
         exp = row.expires()
@@ -663,8 +715,55 @@ class SharedStreamStore(StreamStore):
             raise errors.EmptyBody("an append needs data (or a close)")
         if o.producer is not None:
             check_producer(o.producer)
-        async with self._local_lock(path):
-            return await self._run(lambda tx: self._append(tx, path, bytes(data), o), hot=True)
+        item = _Pending(bytes(data), o, asyncio.get_running_loop().create_future())
+        queue = self._queues.setdefault(path, [])
+        queue.append(item)
+        if len(queue) == 1 and path not in self._draining:
+            self._draining.add(path)
+            # shielded: the appends of other requests ride on this one's
+            # transaction, so its client going away must not cancel it
+            with anyio.CancelScope(shield=True):
+                await self._drain(path, queue)
+        return await asyncio.shield(item.future) if not item.future.done() \
+            else item.future.result()
+
+    async def _drain(self, path: str, queue: list) -> None:
+        """Commit the appends queued for ``path``, many per transaction
+        (group commit: while one transaction is on its way, the next batch
+        gathers), each decided in order against the state the previous left."""
+        try:
+            while queue:
+                batch, size = [], 0
+                while queue and len(batch) < APPEND_BATCH and (
+                        not batch or size + len(queue[0].data) <= APPEND_BATCH_BYTES):
+                    size += len(queue[0].data)
+                    batch.append(queue.pop(0))
+                try:
+                    outcomes = await self._run(
+                        lambda tx, b=batch: self._append_batch(tx, path, b), hot=True)
+                except Exception as exc:  # the transaction failed: every append in it
+                    outcomes = [(False, exc)] * len(batch)
+                for item, (ok, value) in zip(batch, outcomes):
+                    if ok:
+                        item.future.set_result(value)
+                    else:
+                        item.future.set_exception(value)
+                        item.future.exception()  # its awaiter may be gone
+        finally:
+            self._draining.discard(path)
+            if not queue:
+                self._queues.pop(path, None)
+
+    async def _append_batch(self, tx: Tx, path: str, batch: list) -> list:
+        outcomes = []
+        for item in batch:
+            try:
+                outcomes.append((True, await self._append(tx, path, item.data, item.o)))
+            except errors.BackendUnavailable:
+                raise
+            except errors.UnbrokenError as exc:  # refused: this append only
+                outcomes.append((False, exc))
+        return outcomes
 
     async def _append(self, tx: Tx, path: str, data: bytes, o: AppendOptions) -> AppendResult:
         now = self._now()
@@ -732,7 +831,9 @@ class SharedStreamStore(StreamStore):
     async def read(self, path: str, offset=None, max_bytes: int = DEFAULT_READ_CHUNK) -> ReadResult:
         self._check_open()
         now = self._now()
-        row = await self._served(path, now)
+        row = self._woken_row(path)
+        if row is None:
+            row = await self._served(path, now)
         await self._touch(row, now)
         tail = row.tail
         closed = row.closed_at is not None
@@ -758,9 +859,13 @@ class SharedStreamStore(StreamStore):
         for rid, lo, hi in self._ranges(row, offset, row.tail):
             at = lo
             while at < hi:
-                recs = await self._b.records(rid, at, hi, limit)
-                if not recs:
-                    break
+                recs = self._records.run(rid, at, hi)
+                cached = bool(recs)
+                if not cached:
+                    recs = await self._b.records(rid, at, hi, limit)
+                    if not recs:
+                        break
+                    self._records.add(rid, recs)
                 fetched = len(recs)
                 for rec in recs:
                     if first:
@@ -775,6 +880,8 @@ class SharedStreamStore(StreamStore):
                     size += need
                     taken += 1
                     offset = at = rec.next_offset
+                if cached:
+                    continue  # the cache ran out: the backend has the rest
                 if fetched < limit:
                     break
                 # as many as the rest of the budget holds at the mean size so far
@@ -783,6 +890,20 @@ class SharedStreamStore(StreamStore):
         if first and offset != row.tail:
             raise errors.InvalidOffset(offset)
         return parts, offset
+
+    def _keep_woken_row(self, path: str, row: Row) -> None:
+        """Hand the row a wait just read to this task's next :meth:`read` of
+        ``path``. That read then needs no backend read of its own, and is
+        still linearizable: the row was read after the wait began, which is
+        after the request the task serves (an SSE or long-poll response) began."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._woken.setdefault(task, {})[path] = row
+
+    def _woken_row(self, path: str) -> Row | None:
+        task = asyncio.current_task()
+        rows = self._woken.get(task) if task is not None else None
+        return rows.pop(path, None) if rows else None
 
     async def _load_once(self, event, path: str) -> Row:
         """The served row at ``path``, read once for every waiter that holds
@@ -820,6 +941,7 @@ class SharedStreamStore(StreamStore):
             event = self._notifier.event(path)  # before the check: nothing slips by
             row = await self._load_once(event, path)
             if row.tail > offset or row.closed_at is not None:
+                self._keep_woken_row(path, row)
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not await self._notifier.wait_event(event, remaining):

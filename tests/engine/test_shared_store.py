@@ -199,8 +199,12 @@ async def test_waiters_woken_together_share_one_backend_read(backend):
     a, b = await open_instance(backend), await open_instance(backend)
     try:
         tail = (await a.create("fan", CreateOptions(data=b"x"))).meta.next_offset
-        waiters = [asyncio.ensure_future(b.wait_for_messages("fan", tail, 30))
-                   for _ in range(50)]
+
+        async def follow():  # as an SSE response does: wait, then read
+            assert await b.wait_for_messages("fan", tail, 30)
+            return bytes((await b.read("fan", tail)).data)
+
+        waiters = [asyncio.ensure_future(follow()) for _ in range(50)]
         await asyncio.sleep(0.2)
         loads = []
         real_load = b._b.load
@@ -212,11 +216,30 @@ async def test_waiters_woken_together_share_one_backend_read(backend):
         b._b.load = counting_load
         waiters[0].cancel()
         await a.append("fan", b"y")
-        assert await asyncio.wait_for(asyncio.gather(*waiters[1:]), 15) == [True] * 49
+        assert await asyncio.wait_for(asyncio.gather(*waiters[1:]), 15) == [b"y"] * 49
         assert len(loads) < 10, f"{len(loads)} backend reads for one notification"
     finally:
         await a.aclose()
         await b.aclose()
+
+
+def test_record_cache_serves_only_runs_that_follow_each_other_and_evicts_the_oldest():
+    from unbroken_engine.shared import Rec, RecordCache
+
+    cache = RecordCache(capacity=3 * (100 + 64))
+    recs, at = [], 0
+    for i in range(4):
+        recs.append(Rec(at, 1, 1, b"", bytes([i]) * 100))
+        at = recs[-1].next_offset
+    cache.add("r", recs[:2])
+    cache.add("r", recs[3:])  # a gap at recs[2]
+    assert [r.offset for r in cache.run("r", 0, at)] == [0, recs[1].offset]
+    assert cache.run("r", recs[2].offset, at) == []
+    assert cache.run("other", 0, at) == []
+    assert [r.offset for r in cache.run("r", 0, recs[1].offset)] == [0]  # stops at hi
+    cache.add("r", [recs[2]])  # over capacity: the least recently used goes
+    assert cache.size <= cache.capacity
+    assert cache.run("r", recs[2].offset, at)[0] is recs[2]
 
 
 # ---- time and the sweeper ---------------------------------------------------------------------

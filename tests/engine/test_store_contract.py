@@ -965,8 +965,8 @@ async def test_duplicate_racing_its_original_reports_the_stored_tail(store):
     results = []
 
     async def send():
-        results.append(await append(store, "s", b"once", producer=P(0, 0)))
-        results[-1] = (results[-1], (await store.get("s")).next_offset)
+        r = await append(store, "s", b"once", producer=P(0, 0))
+        results.append((r, (await store.get("s")).next_offset))
 
     async with anyio.create_task_group() as tg:
         for _ in range(4):
