@@ -45,15 +45,17 @@ How figures are taken
   machine drifts: each store sees the same conditions as its neighbours. Idle
   servers get no requests. Every figure is the median over the rounds:
   appends/s of each round; SSE p50, p99 and max of each round (nearest-rank
-  percentiles of that round's deliveries). Each figure is also given as a ratio
-  to the file store's, measured in the same run ("0.42x": redis makes 0.42 times
-  the file store's appends/s; for latencies, lower is better, so 3.00x means
-  three times slower). The servers, Redis, PostgreSQL and this load generator
-  (one asyncio process) share the machine's CPUs; server CPU shares cover the
-  unbroken processes only, not Redis or PostgreSQL. Before each round the
-  disk's write + fdatasync latency is probed (the file store waits on it).
-  Lines other than the start and stop lines in a server's output (warnings,
-  errors) are reported after the table.
+  percentiles of that round's deliveries; when a round's percentile is only
+  a lower bound and could move the median, the median gets a ">" too). Each
+  figure is also given as a ratio to the file store's, measured in the same
+  run ("0.42x": redis makes 0.42 times the file store's appends/s; for
+  latencies, lower is better, so 3.00x means three times slower). The
+  servers, Redis, PostgreSQL and this load generator (one asyncio process)
+  share the machine's CPUs; server CPU shares cover the unbroken processes
+  only, not Redis or PostgreSQL. Before each round the disk's write +
+  fdatasync latency is probed (the file store waits on it). Lines other than
+  the start and stop lines in a server's output (warnings, errors) are
+  reported after the table.
 
 Examples
   unbroken bench stores --quick                   all four stores, < 1 minute
@@ -384,14 +386,14 @@ def summarise_lines(lines: Sequence[str], limit: int = 5) -> str:
 
 def median_figure(values: Sequence[tuple[float, bool]]) -> tuple[float | None, bool]:
     """The median of per-round ``(value, lower_bound)`` pairs, and whether it
-    is a lower bound (a value it is taken from is one); ``(None, False)``
-    when there are none."""
+    is only a lower bound: a round's value that is a lower bound may really be
+    any larger value, and the median is exact only when it stays the same with
+    such rounds taken as infinitely large. ``(None, False)`` without values."""
     if not values:
         return None, False
-    ordered = sorted(values, key=lambda v: v[0])
-    n = len(ordered)
-    middle = ordered[(n - 1) // 2:n // 2 + 1]   # one value, or the two middle ones
-    return statistics.fmean(v for v, _ in middle), any(b for _, b in middle)
+    low = statistics.median(v for v, _ in values)
+    high = statistics.median(math.inf if b else v for v, b in values)
+    return low, high != low
 
 
 def ratio_to(value: float | None, bound: bool, base: float | None,

@@ -124,9 +124,13 @@ def test_start_failure_and_unusual_lines():
 
 def test_median_figure():
     assert sb.median_figure([]) == (None, False)
-    assert sb.median_figure([(3.0, False), (1.0, True), (2.0, False)]) == (2.0, False)
+    assert sb.median_figure([(3.0, False), (1.0, False), (2.0, False)]) == (2.0, False)
+    # a bound above the median cannot move it
     assert sb.median_figure([(3.0, True), (1.0, False), (2.0, False)]) == (2.0, False)
+    # a bound below it could be larger than 3.0: the median is only known to be >= 2.0
+    assert sb.median_figure([(3.0, False), (1.0, True), (2.0, False)]) == (2.0, True)
     assert sb.median_figure([(1.0, False), (3.0, True)]) == (2.0, True)  # two middles
+    assert sb.median_figure([(5.0, True)]) == (5.0, True)
 
 
 def test_ratio_to_and_formatting():
