@@ -138,11 +138,14 @@ async def _events(ctx, req, path: str, offset, binary: bool):
             announced = True
             if r.closed:
                 return
-            continue
-        if r.closed:
+            if not r.up_to_date:
+                continue  # more to catch up on
+            # at the tail: wait now rather than read again to find nothing
+            # (with many readers, that empty read was one per reader per append)
+        elif r.closed:
             yield control_event(offset, None, True, True)
             return
-        if not announced:
+        elif not announced:
             yield control_event(offset, cursor, True)
             announced = True
         remaining = ends - time.monotonic()
