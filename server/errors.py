@@ -41,7 +41,12 @@ def error_response(exc: Exception) -> Response:
         exc = e.StorageFull(exc.errno, f"storage full: {exc.strerror or exc}")
         status = exc.status_hint
     if status >= 500:
-        if isinstance(exc, e.BackendUnavailable):
+        if isinstance(exc, e.CorruptSegment):
+            # the operator gets the file and the byte; the client the reason only
+            log.error("unbroken: damaged data: %s", exc)
+            message = (f"the stream's stored data is damaged ({exc.reason}); none of it "
+                       "is served; the operator can check it with `unbroken verify`")
+        elif isinstance(exc, e.BackendUnavailable):
             log.warning("unbroken: %s", exc)  # one line: an outage is not a bug
             message = str(exc)
         elif isinstance(exc, (e.StorageFull, e.StorageIOError, e.LogClosedError)):

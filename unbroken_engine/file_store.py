@@ -67,7 +67,8 @@ class FileBackedStreamStore(BaseStreamStore):
         self.data_dir = Path(data_dir)
         self.config = config or LogConfig()
         self._always = self.config.durability is Durability.ALWAYS
-        self._damaged: dict[str, errors.UnbrokenError] = {}
+        self._damaged: dict[str, errors.UnbrokenError] = {}  # by stream path
+        self._damaged_dirs: dict[str, errors.UnbrokenError] = {}  # by folder name
         self.recovery = self._recover()
         log.info("unbroken: %s: %s", self.data_dir, self.recovery.summary())
 
@@ -91,7 +92,12 @@ class FileBackedStreamStore(BaseStreamStore):
                 s = self._stream_from(meta, slog, entry)  # replays records: CRCs checked
             except (errors.UnbrokenError, OSError, ValueError, KeyError, TypeError) as exc:
                 # one damaged stream is refused; the others are served
-                self._damaged[_path_hint(entry)] = _as_unbroken(exc, entry)
+                damage = _as_unbroken(exc, entry)
+                path = _path_hint(entry)
+                if path is None:  # no readable meta: known by its folder name
+                    self._damaged_dirs[entry.name] = damage
+                else:
+                    self._damaged[path] = damage
                 if slog is not None:
                     slog.close()
                 continue
@@ -101,7 +107,8 @@ class FileBackedStreamStore(BaseStreamStore):
             metas[s.path] = meta
         self._link_forks(metas)
         return StoreRecovery(len(self._streams), cut, rebuilt,
-                             {p: str(e) for p, e in self._damaged.items()},
+                             {**{f"[folder {n}]": str(e) for n, e in self._damaged_dirs.items()},
+                              **{p: str(e) for p, e in self._damaged.items()}},
                              time.perf_counter() - t0)
 
     def _stream_from(self, meta: dict, slog: SegmentedLog, folder: Path) -> Stream:
@@ -148,6 +155,9 @@ class FileBackedStreamStore(BaseStreamStore):
 
     def _lookup(self, path: str, *, touch: bool = False, soft_ok: bool = False) -> Stream:
         damage = self._damaged.get(path)
+        if damage is None and self._damaged_dirs:
+            # a folder whose meta is unreadable is known by its name only
+            damage = self._damaged_dirs.get(layout.stream_dir_name(path))
         if damage is not None:
             raise damage
         return super()._lookup(path, touch=touch, soft_ok=soft_ok)
@@ -238,8 +248,14 @@ def _write_meta(folder: Path, meta: dict) -> None:
 
 
 def _read_meta(folder: Path) -> dict:
-    with open(folder / layout.META_NAME, "rb") as f:
-        meta = msgpack.unpackb(f.read())
+    meta_file = folder / layout.META_NAME
+    with open(meta_file, "rb") as f:
+        raw = f.read()
+    try:
+        meta = msgpack.unpackb(raw)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ValueError(f"{meta_file}: meta file is not valid msgpack "
+                         f"({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})") from None
     if not isinstance(meta, dict) or meta.get("version") != META_VERSION:
         raise ValueError(f"unsupported or damaged meta file in {folder}")
     if layout.stream_dir_name(meta["path"]) != folder.name:
@@ -278,13 +294,16 @@ def _newest_mtime(folder: Path) -> float:
                default=0.0)
 
 
-def _path_hint(folder: Path) -> str:
-    """The stream path of a damaged folder (from its meta if readable)."""
+def _path_hint(folder: Path) -> str | None:
+    """The stream path of a damaged folder, from its meta if readable (and
+    matching the folder), else None."""
     try:
         with open(folder / layout.META_NAME, "rb") as f:
-            return msgpack.unpackb(f.read())["path"]
-    except Exception:  # noqa: BLE001 - damaged: fall back to the folder name
-        return folder.name
+            path = msgpack.unpackb(f.read())["path"]
+    except Exception:  # noqa: BLE001 - damaged: no path to go by
+        return None
+    return path if isinstance(path, str) and layout.stream_dir_name(path) == folder.name \
+        else None
 
 
 def _is_plain_os_error(exc: BaseException) -> bool:
@@ -304,4 +323,5 @@ def _storage_error(exc: OSError, what: str) -> errors.UnbrokenError:
 def _as_unbroken(exc: Exception, folder: Path) -> errors.UnbrokenError:
     if isinstance(exc, errors.UnbrokenError):
         return exc
-    return errors.CorruptSegment(folder, 0, f"unreadable stream folder: {exc}")
+    return errors.CorruptSegment(folder, 0, f"unreadable stream folder: "
+                                         f"{exc or type(exc).__name__}")
