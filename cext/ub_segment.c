@@ -282,8 +282,10 @@ static int write_in_progress(const ub_segment *s, uint64_t pos)
 {
     ub_record rec;
     const char *why;
-    if (get32(s->map + pos) != 0 ||
-        ub_record_peek(s->map, (size_t)s->alloc, (size_t)pos, &rec, &why) != UB_OK)
+    /* peek first: it proves pos + UB_REC_HEADER_SIZE <= alloc before the CRC
+     * field is read (the scan may stop 1-3 bytes before the end of the file) */
+    if (ub_record_peek(s->map, (size_t)s->alloc, (size_t)pos, &rec, &why) != UB_OK ||
+        get32(s->map + pos) != 0)
         return 0;
     return all_zero(s->map + rec.next, s->alloc - rec.next);
 }

@@ -22,6 +22,8 @@ import os
 import random
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -1017,3 +1019,25 @@ def test_damaged_length_in_sealed_segment_is_reported_at_that_record(log_files, 
                 assert exc.path == str(f.path)
                 assert exc.position == pos, "must name the damaged record"
                 assert exc.reason in ("checksum mismatch", "bad record length")
+
+
+def test_recovery_stopping_just_before_the_end_of_a_page_sized_file(segment_bytes):
+    """Found by the segment fuzzer: recovery that stops 1-3 bytes before the
+    end of the file read the next record's CRC field past it -- a SIGBUS when
+    the mapping (the segment's capacity) is longer than the page-sized file.
+    Two stray bytes after the last record must be cut, nothing read beyond."""
+    payload = b"x" * (4096 - nat.SEG_HEADER_SIZE - H - 2)
+    sb = segment_bytes([payload], capacity=4096)
+    assert sb.ends[-1] == 4094 and sb.path.stat().st_size == 4096
+    with open(sb.path, "r+b") as f:
+        f.seek(4094)
+        f.write(b"\x01\x01")
+    code = ("import sys; from unbroken_engine import _native as nat\n"
+            "seg, rep = nat.NativeSegment.open(sys.argv[1], sys.argv[2], nat.OPEN_ACTIVE,"
+            " 65536, 4096)\n"
+            "print(rep.records, rep.valid_end, rep.bytes_cut)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(sb.path), str(sb.idx_path)],
+                         capture_output=True, text=True, timeout=60, cwd=sb.path.parent)
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-2000:]}"
+    records, valid_end, cut = map(int, out.stdout.split())
+    assert (records, valid_end) == (1, 4094) and cut == 2

@@ -1,16 +1,16 @@
 """Coverage-guided fuzzing of the C JSON validator and flattener (cext/ub_json.c).
 
-Run it (atheris is not a dependency of the project; install it first)::
+Run it (atheris is an optional extra: ``pip install '.[fuzz]'``)::
 
-    python -m pip install atheris
     python tests/faults/fuzz_targets/fuzz_json.py -max_total_time=600
-    # with a corpus directory kept between runs, seeded by the harness:
-    python tests/faults/fuzz_targets/fuzz_json.py --seeds=/tmp/json-corpus -max_total_time=600
+    # keep what it finds between runs (new inputs go to the first directory):
+    python tests/faults/fuzz_targets/fuzz_json.py -max_total_time=600 /tmp/json-corpus
 
-Any libFuzzer option works; a crash is written as ``crash-<sha1>`` and
+Any libFuzzer option works; a failure is saved as ``crash-<sha1>`` and
 replayed with ``python tests/faults/fuzz_targets/fuzz_json.py crash-...``.
-With clang installed the C code is instrumented for coverage (see
-``_harness.py``); tests/faults/test_fuzz_native.py runs this briefly in CI.
+The C code is built with coverage instrumentation by gcc (see
+``_harness.py``); tests/faults/test_fuzz_native.py runs this for a fixed
+budget in CI. The seeds are in ``corpus/json/``.
 
 Every input is checked against Python's own parser in its strictest form
 (the oracle of tests/native/test_json.py: RFC 8259, no NaN/Infinity, valid
@@ -19,10 +19,12 @@ escapes, nesting at most 512):
 
 * ``ub_json_validate`` and ``ub_json_flatten`` accept exactly what the
   oracle accepts, and refuse at the same byte position, within the input;
-* a flattened array is its elements, verbatim and in order, joined by ','
-  (so ``[`` + output + ``]`` parses to the same value), never longer than the
-  input; a non-array is the value without the surrounding whitespace;
-* ``ub_json_prefix`` splits a flattened payload after every element;
+* a flattened array is exactly its elements as Python's parser delimits them
+  (``raw_decode``), verbatim and in order, joined by ',' (so ``[`` + output +
+  ``]`` parses to the same value), never longer than the input; a non-array
+  is the value without the surrounding whitespace;
+* ``ub_json_prefix`` splits a flattened payload exactly after the k-th
+  element (k = 0, 1, half, all but one, all; one more is ``UB_ERANGE``);
 * no byte outside the input is read (guard pages on both sides, in turn).
 """
 from __future__ import annotations
@@ -93,6 +95,30 @@ def python_value(data: bytes):
     return value
 
 
+def python_elements(data: bytes) -> list:
+    """The elements of an accepted top-level array, verbatim, as Python's
+    parser delimits them (``raw_decode`` from each element's first byte)."""
+    text = data.decode("utf-8")
+    ws = " \t\r\n"
+    i = len(text) - len(text.lstrip(ws))
+    assert text[i] == "["
+    elements = []
+    while True:
+        i += 1
+        while text[i] in ws:
+            i += 1
+        if text[i] == "]" and not elements:
+            return elements
+        _, end = _DECODER.raw_decode(text, i)
+        elements.append(text[i:end].encode("utf-8"))
+        i = end
+        while text[i] in ws:
+            i += 1
+        if text[i] == "]":
+            return elements
+        assert text[i] == ","
+
+
 # ---- the target -------------------------------------------------------------------------
 
 native = _harness.Native(MAX_LEN)
@@ -126,11 +152,13 @@ def test_one_input(data: bytes) -> None:
             assert joined == data.strip(WS)
             continue
         assert n.is_array[0] and count == len(value)
+        elements = python_elements(data)
+        assert joined == b",".join(elements), (joined[:100], elements[:5])
         assert _loads(b"[" + joined + b"]") == value
         # the prefix of k elements is the first k elements
         for k in sorted({0, 1, count // 2, count - 1, count} & set(range(count + 1))):
             assert lib.ub_json_prefix(joined, len(joined), k, n.prefix) == OK
-            assert _loads(b"[" + joined[:n.prefix[0]] + b"]") == value[:k]
+            assert joined[:n.prefix[0]] == b",".join(elements[:k]), (k, n.prefix[0])
         assert lib.ub_json_prefix(joined, len(joined), count + 1, n.prefix) == ERANGE
 
 
@@ -142,4 +170,4 @@ SEEDS = [
 ]
 
 if __name__ == "__main__":
-    _harness.main(test_one_input, SEEDS, max_len=4096)
+    _harness.main(test_one_input, SEEDS, max_len=4096, name="json")

@@ -1,97 +1,86 @@
-"""Coverage-guided fuzzing of the C record decoder (``ub_record_decode``).
+"""Coverage-guided fuzzing of the C record decoder (``ub_record_decode``,
+``ub_record_peek``, ``ub_record_encode``).
 
-Run it (atheris is not a dependency of the project; install it first)::
+Run it (atheris is an optional extra: ``pip install '.[fuzz]'``)::
 
-    python -m pip install atheris
     python tests/faults/fuzz_targets/fuzz_record.py -max_total_time=600
-    # with a corpus directory kept between runs, seeded by the harness:
-    python tests/faults/fuzz_targets/fuzz_record.py --seeds=/tmp/rec-corpus -max_total_time=600
+    # keep what it finds between runs (new inputs go to the first directory):
+    python tests/faults/fuzz_targets/fuzz_record.py -max_total_time=600 /tmp/rec-corpus
+    # under ASan, as CI runs it: see tests/faults/test_fuzz_native.py
 
-Any libFuzzer option works (``-runs=``, ``-atheris_runs=``, ``-jobs=``...); a
-crash is written as ``crash-<sha1>`` (``-artifact_prefix=`` to choose where)
-and replayed with ``python tests/faults/fuzz_targets/fuzz_record.py crash-...``.
-With clang installed the C code is instrumented for coverage (see
-``_harness.py``); tests/faults/test_fuzz_native.py runs this briefly in CI.
+Any libFuzzer option works (``-runs=``, ``-jobs=``, ``-artifact_prefix=``...);
+a failure is saved as ``crash-<sha1>`` and replayed with
+``python tests/faults/fuzz_targets/fuzz_record.py crash-...``. The C code is
+built with coverage instrumentation by gcc (see ``_harness.py``); the seeds
+are in ``corpus/record/``.
 
 Input: byte 0 picks the position to decode at (``byte % 24``, clamped to the
-buffer), the rest is the buffer. Every call checks the decoder's contract
-against an independent Python decoder:
+buffer), the rest is the buffer: a record region as a segment holds it. Every
+call checks the decoder's contract against the independent Python decoder of
+``_reference.py`` (its own CRC32C):
 
 * the verdict (record / needs more / corrupt, and the named reason) is the
-  reference's;
+  reference's, for ``ub_record_decode`` and, without the CRC, for
+  ``ub_record_peek``;
 * a record lies inside the buffer, its parts are contiguous, and encoding
   its fields again gives exactly its bytes (the encoding is canonical);
+* decoding on from record to record (as a scan does) agrees at every step;
 * no byte outside ``buf[0, len)`` is read: the buffer is placed against an
   inaccessible page on each side in turn.
 """
 from __future__ import annotations
 
 import os
-import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness  # noqa: E402
+import _reference as ref  # noqa: E402
 
-HEADER = 16
-MAX_TYPE = 4
-MAX_PAYLOAD = 256 * 1024 * 1024
 MAX_LEN = 1 << 16
-OK, NEEDMORE, CORRUPT = 0, -1, -2
-REASONS = {"checksum mismatch", "bad record length", "bad record type", "zero header"}
-
-# ---- an independent reference ----------------------------------------------------
-
-_TABLE = []
-for _n in range(256):
-    _c = _n
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    _TABLE.append(_c)
-
-
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = _TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def mask(crc: int) -> int:
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def reference(buf: bytes, pos: int):
-    """``(verdict, reason, next)`` as docs/format.md defines a record."""
-    if pos > len(buf) or len(buf) - pos < HEADER:
-        return NEEDMORE, None, None
-    crc, payload_len, attrs_len, rtype, flags, _count = struct.unpack_from("<IIHBBI", buf, pos)
-    if rtype == 0:
-        return CORRUPT, "zero header" if buf[pos:pos + HEADER] == bytes(HEADER) else \
-            "bad record type", None
-    if rtype > MAX_TYPE or flags != 0:
-        return CORRUPT, "bad record type", None
-    if payload_len > MAX_PAYLOAD:
-        return CORRUPT, "bad record length", None
-    end = pos + HEADER + attrs_len + payload_len
-    if end > len(buf):
-        return NEEDMORE, None, None
-    if mask(crc32c(buf[pos + 4:end])) != crc:
-        return CORRUPT, "checksum mismatch", None
-    return OK, None, end
-
-
-# ---- the target ----------------------------------------------------------------------------
+STEPS = 8  # records decoded on from the first one
 
 native = _harness.Native(MAX_LEN)
 
 
-def decode(ptr, buf: bytes, pos: int):
+def decode(ptr, buf: bytes, pos: int, fn):
     ffi, why = native.ffi, native.why
     why[0] = ffi.NULL
-    rc = native.lib.ub_record_decode(ptr, len(buf), pos, native.rec, why)
+    rc = fn(ptr, len(buf), pos, native.rec, why)
     reason = ffi.string(why[0]).decode() if why[0] != ffi.NULL else None
     return rc, reason
+
+
+def check_record(buf: bytes, pos: int, want) -> None:
+    """The ``ub_record`` just decoded is ``want`` (a reference Rec)."""
+    rec = native.rec
+    assert (rec.type, rec.msg_count, rec.attrs_len, rec.payload_len, rec.next) == \
+        (want.type, want.count, want.attrs_len, want.payload_len, want.next), want
+    assert rec.attrs_pos == pos + ref.REC_HEADER
+    assert rec.payload_pos == rec.attrs_pos + rec.attrs_len
+    assert rec.next == rec.payload_pos + rec.payload_len <= len(buf)
+    assert 1 <= rec.type <= ref.MAX_TYPE
+
+
+def check_at(ptr, buf: bytes, pos: int, peek: bool):
+    """Decode (and peek) at ``pos``; returns the reference Rec or None."""
+    lib = native.lib
+    want, want_reason, want_rec = ref.decode(buf, len(buf), pos)
+    rc, reason = decode(ptr, buf, pos, lib.ub_record_decode)
+    assert rc == want, (pos, rc, want, reason)
+    if rc == ref.CORRUPT:
+        assert reason in ref.REASONS and reason == want_reason, (reason, want_reason)
+    elif rc == ref.OK:
+        check_record(buf, pos, want_rec)
+    if peek:
+        pwant, preason, prec = ref.peek(buf, len(buf), pos)
+        rc, reason = decode(ptr, buf, pos, lib.ub_record_peek)
+        assert rc == pwant, ("peek", pos, rc, pwant, reason)
+        if rc == ref.CORRUPT:
+            assert reason == preason, ("peek", reason, preason)
+        elif rc == ref.OK:
+            check_record(buf, pos, prec)
+    return want_rec
 
 
 def test_one_input(data: bytes) -> None:
@@ -102,43 +91,34 @@ def test_one_input(data: bytes) -> None:
         native.written = native.ffi.new("size_t *")
     if not data:
         return
-    ffi, lib, rec, guarded = native.ffi, native.lib, native.rec, native.guarded
+    ffi, lib, guarded = native.ffi, native.lib, native.guarded
     buf = data[1:]
     pos = min(data[0] % 24, len(buf))
-    want, want_reason, want_next = reference(buf, pos)
     for ptr in (guarded.at_end(buf), guarded.at_start(buf)):
-        rc, reason = decode(ptr, buf, pos)
-        assert rc == want, (rc, want, reason)
-        if rc == CORRUPT:
-            assert reason in REASONS and reason == want_reason, (reason, want_reason)
-        if rc != OK:
+        rec = check_at(ptr, buf, pos, native.has_peek)
+        if rec is None:
             continue
-        assert rec.next == want_next
-        assert rec.attrs_pos == pos + HEADER
-        assert rec.payload_pos == rec.attrs_pos + rec.attrs_len
-        assert rec.next == rec.payload_pos + rec.payload_len <= len(buf)
-        assert 1 <= rec.type <= MAX_TYPE
-        attrs = buf[rec.attrs_pos:rec.payload_pos]
+        attrs = buf[rec.pos + ref.REC_HEADER:rec.payload_pos]
         payload = buf[rec.payload_pos:rec.next]
         out = ffi.new("uint8_t[]", rec.next - pos)
-        assert lib.ub_record_encode(out, len(out), rec.type, rec.msg_count, attrs, len(attrs),
-                                    payload, len(payload), native.written) == OK
+        assert lib.ub_record_encode(out, len(out), rec.type, rec.count, attrs, len(attrs),
+                                    payload, len(payload), native.written) == ref.OK
         assert ffi.buffer(out, native.written[0])[:] == buf[pos:rec.next]
-
-
-def _record(rtype, payload, attrs=b"", count=1):
-    body = struct.pack("<IHBBI", len(payload), len(attrs), rtype, 0, count) + attrs + payload
-    return struct.pack("<I", mask(crc32c(body))) + body
+        for _ in range(STEPS):  # on through the region, as a scan goes
+            rec = check_at(ptr, buf, rec.next, False)
+            if rec is None:
+                break
 
 
 SEEDS = [
-    b"\x00" + _record(1, b"hello"),
-    b"\x00" + _record(1, b"hello") + _record(1, b'{"a":1},2', count=2),
-    b"\x00" + _record(3, b"", b"\x81\xa1p\x93\xa2w1\x00\x07", 0),
-    b"\x15" + _record(1, b"hello") + _record(2, b"bye"),
-    b"\x00" + _record(4, b"", b"\x80", 0)[:10],
+    b"\x00" + ref.encode(1, b"hello"),
+    b"\x00" + ref.encode(1, b"hello") + ref.encode(1, b'{"a":1},2', count=2),
+    b"\x00" + ref.encode(3, b"", b"\x81\xa1p\x93\xa2w1\x00\x07", 0),
+    b"\x15" + ref.encode(1, b"hello") + ref.encode(2, b"bye"),
+    b"\x00" + ref.encode(4, b"", b"\x80", 0)[:10],
     b"\x00" + bytes(32),
+    b"\x00" + ref.encode(1, b"a") + ref.encode(1, b"b") + ref.encode(2, b"c") + b"\x01" * 5,
 ]
 
 if __name__ == "__main__":
-    _harness.main(test_one_input, SEEDS, max_len=4096)
+    _harness.main(test_one_input, SEEDS, max_len=4096, name="record")
