@@ -105,7 +105,48 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long a long-poll waits before 204 (default: %(default)s)")
     p.add_argument("--max-body", type=int, default=16 << 20, metavar="BYTES",
                    help="largest request body; larger gets 413 (default: %(default)s = 16 MiB)")
+    p.add_argument("--max-connections", type=_positive_int, default=4096, metavar="N",
+                   help="open connections served at once; one more gets 503 with Retry-After "
+                        "and is closed (default: %(default)s; lowered to fit the open-file "
+                        "limit, which is raised as far as the hard limit allows)")
+    p.add_argument("--max-live-readers", type=_positive_int, default=2048, metavar="N",
+                   help="SSE and long-poll requests open at once; one more gets 429 with "
+                        "Retry-After, plain reads and appends still work (default: %(default)s)")
+    p.add_argument("--max-inflight-bytes", type=_positive_int, default=256 << 20,
+                   metavar="BYTES",
+                   help="request-body bytes being received or waiting for the store, over all "
+                        "connections; a body that would go over gets 503 with Retry-After "
+                        "(default: %(default)s = 256 MiB)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    # hidden, for the crash tests: small segments make the file store roll often
+    p.add_argument("--segment-size", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Raise the soft RLIMIT_NOFILE towards ``needed`` (never above the hard
+    limit, never lower); the server then serves as many connections as it
+    allows (:func:`unbroken_server.app.connection_cap`)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # connection_cap() works with what there is
 
 
 class _ListenError(Exception):
@@ -163,9 +204,10 @@ def serve_main(args) -> int:
     from unbroken_engine import errors as e
     from unbroken_engine.log import Durability, LogConfig
 
-    from .app import serve
+    from .app import fds_needed, serve
     from .handlers import ServerConfig, ServerContext
 
+    raise_fd_limit(fds_needed(args.max_connections))
     port = _env_port() if args.port is None else args.port
     kind, url, why = choose_store(args.store)
     shared = None
@@ -173,6 +215,9 @@ def serve_main(args) -> int:
         store, where = MemoryStreamStore(), "memory store (nothing is kept)"
     elif kind == "file":
         config = LogConfig(durability=Durability(args.durability))
+        if args.segment_size is not None:
+            config = LogConfig(segment_size=args.segment_size, durability=config.durability,
+                               index_interval=min(config.index_interval, args.segment_size))
         store = FileBackedStreamStore(args.data_dir, config)
         where = (f"file store in {os.path.abspath(args.data_dir)} "
                  f"(durability {args.durability}; {store.recovery.summary()})")
@@ -191,7 +236,10 @@ def serve_main(args) -> int:
                 raise _StoreError(exc) from exc
             where = f"{store.description}{why}"
         ctx = ServerContext(store, ServerConfig(long_poll_timeout=args.long_poll_timeout,
-                                                max_body=args.max_body))
+                                                max_body=args.max_body,
+                                                max_connections=args.max_connections,
+                                                max_live_readers=args.max_live_readers,
+                                                max_inflight_bytes=args.max_inflight_bytes))
         try:
             async with anyio.create_task_group() as tg:
                 try:

@@ -14,7 +14,7 @@ EXPOSE_HEADERS = ", ".join([
     h.STREAM_NEXT_OFFSET, h.STREAM_CURSOR, h.STREAM_UP_TO_DATE, h.STREAM_CLOSED,
     h.STREAM_TTL, h.STREAM_EXPIRES_AT, h.STREAM_SSE_DATA_ENCODING,
     h.PRODUCER_EPOCH, h.PRODUCER_SEQ, h.PRODUCER_EXPECTED_SEQ, h.PRODUCER_RECEIVED_SEQ,
-    "ETag", "Content-Type", "Content-Encoding", "Vary", "Location"])
+    "ETag", "Content-Type", "Content-Encoding", "Vary", "Location", "Retry-After"])
 
 #: on every response, errors and SSE included
 COMMON = [

@@ -11,7 +11,7 @@ import gzip
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote
 
 import anyio
@@ -48,12 +48,31 @@ class ServerConfig:
     request_timeout: float = 30.0
     idle_timeout: float = 75.0
     shutdown_grace: float = 10.0
+    max_connections: int = 4096
+    """Open connections served at once (``--max-connections``). One more gets
+    a complete ``503`` with ``Retry-After`` and is closed. ``serve()`` lowers
+    it to fit the process's ``RLIMIT_NOFILE`` (see :func:`.app.connection_cap`)."""
+    max_live_readers: int = 2048
+    """SSE responses and long-polls open at once, together
+    (``--max-live-readers``). One more live request gets ``429`` with
+    ``Retry-After``; catch-up reads and appends are not counted."""
+    max_inflight_bytes: int = 256 << 20
+    """Bytes of request bodies being received or awaiting the store, over all
+    connections (``--max-inflight-bytes``). A body that would go over gets
+    ``503`` with ``Retry-After`` (the connection is closed) instead of being
+    buffered; a body is always admitted when no other is in flight, so one
+    body up to ``max_body`` can always get through."""
+
+
+#: seconds a shed client is asked to wait (``Retry-After``) before trying again
+RETRY_AFTER = "1"
 
 
 @dataclass
 class ServerContext:
     """What every handler may use: the store, the config, the shutdown signal,
-    and the bookkeeping graceful shutdown needs (open connections, idle ones)."""
+    and the bookkeeping graceful shutdown and load shedding need (open
+    connections, idle ones, live readers, request bytes in flight, refusals)."""
 
     store: StreamStore
     config: ServerConfig = field(default_factory=ServerConfig)
@@ -62,6 +81,13 @@ class ServerContext:
     shutdown_event: anyio.Event | None = None
     connections: int = 0
     idle_scopes: set = field(default_factory=set)
+    #: the connection cap in force (``serve()`` sets it; 0: ``config.max_connections``)
+    connection_limit: int = 0
+    live_readers: int = 0
+    inflight_bytes: int = 0
+    refused_connections: int = 0
+    refused_live_readers: int = 0
+    refused_bodies: int = 0
 
     def shutdown(self) -> None:
         """Stop: live readers finish, idle connections close."""
@@ -73,10 +99,55 @@ class ServerContext:
         self.store.notify_all()
 
     def connection_opened(self) -> None:
+        """Count a connection being served (unconditionally)."""
         self.connections += 1
 
     def connection_closed(self) -> None:
+        """Count a served connection as closed."""
         self.connections -= 1
+
+    def admit_connection(self) -> bool:
+        """Count a new connection if it fits under the cap; False (and counted
+        as refused) if it does not."""
+        limit = self.connection_limit or self.config.max_connections
+        if self.connections >= limit:
+            self.refused_connections += 1
+            return False
+        self.connections += 1
+        return True
+
+    def admit_live_reader(self) -> bool:
+        """Take a live-reader slot (SSE or long-poll); False (and counted as
+        refused) when they are all taken. Give it back with
+        :meth:`live_reader_done`."""
+        if self.live_readers >= self.config.max_live_readers:
+            self.refused_live_readers += 1
+            return False
+        self.live_readers += 1
+        return True
+
+    def live_reader_done(self) -> None:
+        """Give back a slot taken by :meth:`admit_live_reader`."""
+        self.live_readers -= 1
+
+    def reserve_body(self, held: int, more: int) -> bool:
+        """Reserve ``more`` bytes for a request body that already holds ``held``.
+
+        Admitted when the total stays within ``max_inflight_bytes``, or when
+        no other body is in flight (so one body up to ``max_body`` always gets
+        through). False (counted as refused) otherwise; the caller then owns
+        ``held`` bytes still, to give back with :meth:`release_body`.
+        """
+        if (self.inflight_bytes + more > self.config.max_inflight_bytes
+                and self.inflight_bytes > held):
+            self.refused_bodies += 1
+            return False
+        self.inflight_bytes += more
+        return True
+
+    def release_body(self, held: int) -> None:
+        """Give back bytes reserved with :meth:`reserve_body`."""
+        self.inflight_bytes -= held
 
     @contextmanager
     def idle(self, scope: anyio.CancelScope):
@@ -136,11 +207,19 @@ def _method_not_allowed(allow: str) -> Response:
 
 
 def health(ctx: ServerContext, req: Request) -> Response:
-    """``GET /health``: status, store kind, uptime, version."""
+    """``GET /health``: status, store kind, uptime, version, and the load:
+    open connections, live readers, request-body bytes in flight, and how
+    many of each were refused since start-up."""
     body = json.dumps({"status": "shutting-down" if ctx.shutting_down else "ok",
                        "store": ctx.store.kind,
                        "uptime": round(time.monotonic() - ctx.started, 3),
-                       "version": __version__}).encode()
+                       "version": __version__,
+                       "connections": ctx.connections,
+                       "live_readers": ctx.live_readers,
+                       "inflight_bytes": ctx.inflight_bytes,
+                       "refused": {"connections": ctx.refused_connections,
+                                   "live_readers": ctx.refused_live_readers,
+                                   "bodies": ctx.refused_bodies}}).encode()
     return Response(200, [*cors.COMMON, cors.NO_STORE, ("Content-Type", "application/json")],
                     b"" if req.method == "HEAD" else body)
 
@@ -252,12 +331,33 @@ async def handle_read(ctx: ServerContext, req: Request, path: str):
     if mode in ("long-poll", "sse") and raw is None:
         await ctx.store.get(path)
         raise HeaderError(f"live={mode} needs an offset (-1, now, or one the server returned)")
-    if mode == "long-poll":
-        return await live.long_poll(ctx, req, path, offset)
-    if mode == "sse":
-        return await live.sse(ctx, req, path, offset)
+    if mode in ("long-poll", "sse"):
+        return await _live_read(ctx, req, path, offset, mode)
     r = await ctx.store.read(path, offset, ctx.config.read_chunk)
     return read_response(req, path, raw, r, cache=cors.NO_STORE if offset is NOW else None)
+
+
+async def _live_read(ctx: ServerContext, req: Request, path: str, offset, mode: str):
+    """A long-poll or SSE read, if a live-reader slot is free (else 429).
+
+    The slot is held until the long-poll answers, or until the SSE body ends
+    or is closed (:class:`~.live.HoldingSlot`).
+    """
+    if not ctx.admit_live_reader():
+        return text_response(
+            429, f"too many live readers (limit {ctx.config.max_live_readers}): retry "
+                 f"later, or read without live=", [("Retry-After", RETRY_AFTER)])
+    if mode == "long-poll":
+        try:
+            return await live.long_poll(ctx, req, path, offset)
+        finally:
+            ctx.live_reader_done()
+    try:
+        response = await live.sse(ctx, req, path, offset)
+    except BaseException:
+        ctx.live_reader_done()
+        raise
+    return replace(response, chunks=live.HoldingSlot(response.chunks, ctx.live_reader_done))
 
 
 def etag(path: str, start: str, r) -> str:

@@ -12,6 +12,11 @@ base64``); ``text/*`` and JSON carry text. At the tail of a closed stream the
 last control says ``streamClosed`` (no cursor) and the response ends. The
 server also ends a response after ``sse_max_duration`` (about 60 s, for CDN
 collapsing) and on shutdown, each time after a final control event.
+
+Live readers (SSE and long-poll together) are capped by
+``ServerConfig.max_live_readers``: the handler takes a slot before calling
+:func:`long_poll` or :func:`sse` (over the cap: 429), and an SSE body holds
+its slot until it ends or is closed (:class:`HoldingSlot`).
 """
 from __future__ import annotations
 
@@ -158,6 +163,39 @@ async def _events(ctx, req, path: str, offset, binary: bool):
             return  # the shared store went away: end cleanly; the client reconnects
         if not woken:
             yield KEEPALIVE  # finds a vanished client; ignored by SSE parsers
+
+
+class HoldingSlot:
+    """An SSE body that holds a live-reader slot: ``release`` runs exactly
+    once, when the body ends (or fails) or is closed -- also when it is closed
+    without ever being iterated (an async generator that never started runs
+    no ``finally``, so the generator itself cannot do this)."""
+
+    def __init__(self, chunks, release):
+        self._chunks = chunks
+        self._release = release
+
+    def _done(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:  # the end, a failure, or a cancellation: no more chunks
+            self._done()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the underlying body and release the slot."""
+        try:
+            await self._chunks.aclose()
+        finally:
+            self._done()
 
 
 async def _wait_store(ctx, path: str, offset: int, timeout: float) -> bool:

@@ -259,6 +259,19 @@ MALFORMED = [
     pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(40)) + b"\r\n\r\n",
                  id="tls-hello"),
     pytest.param(b"\x00\x01\x02\xff\r\n\r\n", id="binary"),
+    # request smuggling shapes: a front end and this server must never
+    # disagree on where a body ends, so these are refused, not guessed at
+    pytest.param(b"POST /v1/stream/a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /health HTTP/1.1\r\n\r\n",
+                 id="length-and-chunked"),
+    pytest.param(b"POST /v1/stream/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", id="two-transfer-encodings"),
+    pytest.param(b"POST /v1/stream/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                 b" 2\r\n\r\nxx", id="folded-length"),
+    pytest.param(b"POST /v1/stream/a HTTP/1.1\r\nHost: x\r\nContent-Length : 1\r\n\r\nx",
+                 id="space-before-colon"),
+    pytest.param(b"POST /v1/stream/a HTTP/1.1\r\nHost: x\r\nContent-Length: 0x1\r\n\r\nx",
+                 id="hex-length"),
 ]
 
 
@@ -268,9 +281,11 @@ async def test_malformed_request_gets_400_and_close(make_ctx, open_pair, raw):
     async with open_pair(ctx) as pair:
         await pair.send_raw(raw)
         r = await pair.read_response("GET")
-        assert r.status == 400
+        # (h11 answers two Transfer-Encoding headers as an unsupported coding: 501)
+        te = b"Transfer-Encoding: chunked\r\nTransfer-Encoding" in raw
+        assert r.status == (501 if te else 400), r
         assert r.headers.get("connection") == "close"
-        assert_common_headers(r)
+        assert_common_headers(r, allowed_5xx=(501,) if te else ())
         assert await pair.read_until_eof() == b""
         await pair.wait_server_done()
 
