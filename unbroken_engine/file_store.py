@@ -38,7 +38,7 @@ from pathlib import Path
 import anyio
 import msgpack
 
-from . import errors, layout
+from . import _testhooks, errors, layout
 from .log import Durability, LogConfig, SegmentedLog
 from .store import StoreRecovery
 from .streams import BaseStreamStore, Stream, _Requested
@@ -174,11 +174,15 @@ class FileBackedStreamStore(BaseStreamStore):
                 for payload, attrs, kind, count in records:
                     slog.write(payload, attrs, kind, count)
                 slog.sync()
+            _testhooks.maybe_kill("create.log")
             _write_meta(tmp, meta)
+            _testhooks.maybe_kill("create.meta")
             if folder.exists():  # left by a crash before its removal finished
                 self._trash(folder)
             os.rename(tmp, folder)
+            _testhooks.maybe_kill("create.renamed")
             layout.fsync_dir(self.data_dir)
+            _testhooks.maybe_kill("create.synced")
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if _is_plain_os_error(exc):  # e.g. the meta file met a full disk

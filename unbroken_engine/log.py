@@ -43,7 +43,7 @@ import anyio
 import anyio.lowlevel
 
 from . import _native as nat
-from . import errors, layout
+from . import _testhooks, errors, layout
 
 HEADER = nat.SEG_HEADER_SIZE
 DEFAULT_READ_BYTES = 1 << 20
@@ -395,6 +395,7 @@ class SegmentedLog:
         tmp = final + ".tmp"
         native = nat.NativeSegment.create(tmp, base, base_msg, int(time.time() * 1000),
                                           capacity, self.config.index_interval)
+        _testhooks.maybe_kill("roll.created")
         try:
             with self._flush_lock:
                 if not empty:
@@ -408,14 +409,17 @@ class SegmentedLog:
                     if not sync:
                         self._unsynced_seals.append(active)
                         _IntervalFlusher.register(self)
+                _testhooks.maybe_kill("roll.sealed")
                 os.replace(tmp, final)
                 native.path = final
+                _testhooks.maybe_kill("roll.renamed")
                 layout.fsync_dir(self.directory)
         except BaseException:
             native.close()
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        _testhooks.maybe_kill("roll.synced")
         seg = _Segment(base, native)
         segments = list(self._segments)
         if empty:
