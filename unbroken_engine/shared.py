@@ -49,7 +49,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Awaitable, Callable
 
@@ -75,11 +75,15 @@ from .store import (
 )
 from .streams import (
     _Requested,
+    append_record,
     check_create_options,
     check_path,
     check_producer,
     check_same_config,
-    record_attrs,
+    check_stream_seq,
+    closed_answer,
+    initial_records,
+    prefix_record,
 )
 
 log = logging.getLogger("unbroken")
@@ -625,7 +629,7 @@ class SharedStreamStore(StreamStore):
             chain = self._view(source, base)
             if o.fork_sub_offset:
                 records.append(await self._fork_prefix(source, base, o.fork_sub_offset))
-        records.extend(_initial_records(content_type, o.data, o.closed))
+        records.extend(initial_records(content_type, o.data, o.closed))
         ttl, expires_at = o.ttl, o.expires_at
         if source is not None and ttl is None and expires_at is None:
             ttl, expires_at = source.ttl, source.expires()
@@ -689,17 +693,7 @@ class SharedStreamStore(StreamStore):
         rec = await self._record_at(source, offset)
         while rec is not None and rec.msg_count == 0:  # a checkpoint or close
             rec = await self._record_at(source, rec.next_offset)
-        if rec is None:
-            raise errors.InvalidRequest("fork sub-offset: no message after the fork offset")
-        if source.json:
-            if n > rec.msg_count:
-                raise errors.InvalidRequest(
-                    f"fork sub-offset {n} past the message's {rec.msg_count} values")
-            return (nat.json_prefix(rec.payload, n), b"", RecordType.DATA, n)
-        if n > len(rec.payload):
-            raise errors.InvalidRequest(
-                f"fork sub-offset {n} past the message's {len(rec.payload)} bytes")
-        return (rec.payload[:n], b"", RecordType.DATA, 1)
+        return prefix_record(rec, n, source.json)
 
     # ---- metadata, append -------------------------------------------------------
 
@@ -784,19 +778,8 @@ class SharedStreamStore(StreamStore):
             outcome = validate(state, p.epoch, p.seq)
             if outcome is ProducerOutcome.DUPLICATE:
                 return AppendResult(row.tail, outcome, p.epoch, state.last_seq, False)
-        if o.seq is not None and row.last_seq is not None and o.seq.encode(
-                "utf-8", "surrogatepass") <= row.last_seq.encode("utf-8", "surrogatepass"):
-            raise errors.SequenceConflict(row.last_seq, o.seq)
-        payload, count = data, (0 if close_only else 1)
-        if data and row.json:
-            payload, count = nat.json_flatten(data)
-            if count == 0:
-                raise errors.EmptyJSONArray("an empty JSON array appends nothing")
-        attrs = record_attrs(p, o.seq)
-        if len(payload) > nat.MAX_PAYLOAD or len(attrs) > nat.MAX_ATTRS:
-            raise errors.RecordTooLarge("record over the format's limits")
-        kind = RecordType.DATA if not o.close else (
-            RecordType.CLOSE if close_only else RecordType.DATA_CLOSE)
+        check_stream_seq(row.last_seq, o.seq)
+        payload, attrs, kind, count = append_record(data, o, row.json)
         rec = Rec(row.tail, int(kind), count, attrs, bytes(payload))
         row.tail = rec.next_offset
         if o.close:
@@ -813,18 +796,8 @@ class SharedStreamStore(StreamStore):
 
     async def _append_to_closed(self, tx: Tx, row: Row, o: AppendOptions,
                                 close_only: bool) -> AppendResult:
-        p = o.producer
-        if p is not None:
-            state = await tx.producer(row, p.id)
-            try:
-                if validate(state, p.epoch, p.seq) is ProducerOutcome.DUPLICATE:
-                    return AppendResult(row.tail, ProducerOutcome.DUPLICATE, p.epoch,
-                                        state.last_seq, True)
-            except (errors.ProducerSeqGap, errors.InvalidEpochSeq):
-                pass  # a new request: the stream is closed to it
-        elif close_only:
-            return AppendResult(row.tail, closed=True)  # closing again is idempotent
-        raise errors.StreamClosed(row.path, row.closed_at)
+        state = await tx.producer(row, o.producer.id) if o.producer is not None else None
+        return closed_answer(state, o, close_only, row.tail, row.path, row.closed_at)
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -1018,18 +991,6 @@ class SharedStreamStore(StreamStore):
             self._clock_task.cancel()
         await self._b.close()
 
-
-def _initial_records(content_type: str, data: bytes, closed: bool) -> list[tuple]:
-    if data and is_json(content_type):
-        payload, count = nat.json_flatten(data)
-    else:
-        payload, count = bytes(data), (1 if data else 0)
-    if len(payload) > nat.MAX_PAYLOAD:
-        raise errors.RecordTooLarge("initial data over the format's limits")
-    if count:
-        kind = RecordType.DATA_CLOSE if closed else RecordType.DATA
-        return [(bytes(payload), b"", kind, count)]
-    return [(b"", b"", RecordType.CLOSE, 0)] if closed else []
 
 
 def open_store(url: str, **kw) -> Awaitable[SharedStreamStore]:

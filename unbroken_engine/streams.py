@@ -212,6 +212,95 @@ def record_attrs(producer, seq: str | None) -> bytes:
     return msgpack.packb(fields) if fields else b""
 
 
+def initial_records(content_type: str, data: bytes, closed: bool) -> list[tuple]:
+    """The records a create writes: its initial data (JSON flattened) and/or
+    its close, as ``(payload, attrs, type, msg_count)``.
+
+    :raises InvalidJSON: initial data of a JSON stream is not JSON
+    :raises RecordTooLarge: over the format's payload limit
+    """
+    if data and is_json(content_type):
+        payload, count = nat.json_flatten(data)
+    else:
+        payload, count = bytes(data), (1 if data else 0)
+    if len(payload) > nat.MAX_PAYLOAD:
+        raise errors.RecordTooLarge("initial data over the format's limits")
+    if count:
+        kind = RecordType.DATA_CLOSE if closed else RecordType.DATA
+        return [(bytes(payload), b"", kind, count)]
+    return [(b"", b"", RecordType.CLOSE, 0)] if closed else []
+
+
+def prefix_record(rec, n: int, json: bool) -> tuple:
+    """The record a fork with sub-offset ``n`` starts with: the first ``n``
+    bytes (JSON: values) of the message ``rec`` (None: there is none).
+
+    :raises InvalidRequest: no message, or ``n`` past its end
+    """
+    if rec is None:
+        raise errors.InvalidRequest("fork sub-offset: no message after the fork offset")
+    if json:
+        if n > rec.msg_count:
+            raise errors.InvalidRequest(
+                f"fork sub-offset {n} past the message's {rec.msg_count} values")
+        return (nat.json_prefix(rec.payload, n), b"", RecordType.DATA, n)
+    if n > len(rec.payload):
+        raise errors.InvalidRequest(
+            f"fork sub-offset {n} past the message's {len(rec.payload)} bytes")
+    return (rec.payload[:n], b"", RecordType.DATA, 1)
+
+
+def check_stream_seq(last_seq: str | None, seq: str | None) -> None:
+    """``Stream-Seq`` must be byte-wise greater than the last one.
+
+    :raises SequenceConflict: it is not
+    """
+    if seq is not None and last_seq is not None and seq.encode(
+            "utf-8", "surrogatepass") <= last_seq.encode("utf-8", "surrogatepass"):
+        raise errors.SequenceConflict(last_seq, seq)
+
+
+def append_record(data: bytes, o: AppendOptions, json: bool) -> tuple:
+    """What an append writes: ``(payload, attrs, type, msg_count)``.
+
+    :raises InvalidJSON, EmptyJSONArray: JSON streams
+    :raises RecordTooLarge: over the format's limits
+    """
+    close_only = not data
+    payload, count = data, (0 if close_only else 1)
+    if data and json:
+        payload, count = nat.json_flatten(data)
+        if count == 0:
+            raise errors.EmptyJSONArray("an empty JSON array appends nothing")
+    attrs = record_attrs(o.producer, o.seq)
+    if len(payload) > nat.MAX_PAYLOAD or len(attrs) > nat.MAX_ATTRS:
+        raise errors.RecordTooLarge("record over the format's limits")
+    kind = RecordType.DATA if not o.close else (
+        RecordType.CLOSE if close_only else RecordType.DATA_CLOSE)
+    return payload, attrs, kind, count
+
+
+def closed_answer(state: ProducerState | None, o: AppendOptions, close_only: bool, end: int,
+                  path: str, closed_at: int) -> AppendResult:
+    """The answer to an append (``close_only``: no data) to a closed stream
+    ending at ``end``, given the producer's ``state`` there: the
+    producer's retry of a request already stored is a duplicate, a plain
+    close again is idempotent, anything else is refused.
+
+    :raises StreamClosed: a new request
+    """
+    p = o.producer
+    if p is not None:
+        try:
+            if validate(state, p.epoch, p.seq) is ProducerOutcome.DUPLICATE:
+                return AppendResult(end, ProducerOutcome.DUPLICATE, p.epoch, state.last_seq, True)
+        except (errors.ProducerSeqGap, errors.InvalidEpochSeq):
+            pass  # a new request: the stream is closed to it
+    elif close_only:
+        return AppendResult(end, closed=True)  # closing again is idempotent
+    raise errors.StreamClosed(path, closed_at)
+
+
 class BaseStreamStore(StreamStore):
     """The protocol on top of per-stream logs. Subclasses provide the logs.
 
@@ -373,7 +462,7 @@ class BaseStreamStore(StreamStore):
             self._check_fork_offset(source, base)
             if o.fork_sub_offset:
                 records.append(self._fork_prefix(source, base, o.fork_sub_offset))
-        records.extend(self._initial_records(content_type, o.data, o.closed))
+        records.extend(initial_records(content_type, o.data, o.closed))
         ttl, expires_at = o.ttl, o.expires_at
         if source is not None and ttl is None and expires_at is None:
             ttl, expires_at = source.ttl, source.expires_at
@@ -400,16 +489,6 @@ class BaseStreamStore(StreamStore):
             source.forks.add(s)
         return CreateResult(True, self._meta(s))
 
-    def _initial_records(self, content_type: str, data: bytes, closed: bool) -> list[tuple]:
-        if data and is_json(content_type):
-            payload, count = nat.json_flatten(data)
-        else:
-            payload, count = bytes(data), (1 if data else 0)
-        if count:
-            kind = RecordType.DATA_CLOSE if closed else RecordType.DATA
-            return [(payload, b"", kind, count)]
-        return [(b"", b"", RecordType.CLOSE, 0)] if closed else []
-
     def _check_fork_offset(self, s: Stream, offset: int) -> None:
         """``offset`` must be a boundary in ``s``'s view (its own log, or the
         inherited range of its source chain) and not beyond its tail."""
@@ -434,17 +513,7 @@ class BaseStreamStore(StreamStore):
         rec = self._record_at(source, offset)
         while rec is not None and rec.msg_count == 0:  # a checkpoint or close
             rec = self._record_at(source, rec.next_offset)
-        if rec is None:
-            raise errors.InvalidRequest("fork sub-offset: no message after the fork offset")
-        if source.json:
-            if n > rec.msg_count:
-                raise errors.InvalidRequest(
-                    f"fork sub-offset {n} past the message's {rec.msg_count} values")
-            return (nat.json_prefix(rec.payload, n), b"", RecordType.DATA, n)
-        if n > len(rec.payload):
-            raise errors.InvalidRequest(
-                f"fork sub-offset {n} past the message's {len(rec.payload)} bytes")
-        return (rec.payload[:n], b"", RecordType.DATA, 1)
+        return prefix_record(rec, n, source.json)
 
     # ---- metadata, append -------------------------------------------------------
 
@@ -475,23 +544,14 @@ class BaseStreamStore(StreamStore):
                     await self._settled(s)  # the original may still be on its way to disk
                     return AppendResult(self._visible_end(s), outcome, p.epoch, state.last_seq,
                                         self._closed_visible(s))
-            if o.seq is not None and s.last_seq is not None and o.seq.encode(
-                    "utf-8", "surrogatepass") <= s.last_seq.encode("utf-8", "surrogatepass"):
-                raise errors.SequenceConflict(s.last_seq, o.seq)
+            check_stream_seq(s.last_seq, o.seq)
         except (errors.SequenceConflict, errors.StaleEpoch, errors.ProducerSeqGap):
             # Refused on the strength of state that earlier appends wrote: like
             # a duplicate, answer only once that state is on disk (a failed
             # flush then makes this a 503, never a conflict a crash could undo).
             await self._settled(s)
             raise
-        payload, count = data, (0 if close_only else 1)
-        if data and s.json:
-            payload, count = nat.json_flatten(data)
-            if count == 0:
-                raise errors.EmptyJSONArray("an empty JSON array appends nothing")
-        kind = RecordType.DATA if not o.close else (
-            RecordType.CLOSE if close_only else RecordType.DATA_CLOSE)
-        attrs = record_attrs(p, o.seq)
+        payload, attrs, kind, count = append_record(data, o, s.json)
         end = s.log.write(payload, attrs, kind, count)  # no await since the checks
         s.apply(kind, attrs, end)
         s.since_snapshot += 1
@@ -514,19 +574,8 @@ class BaseStreamStore(StreamStore):
             raise
 
     def _append_to_closed(self, s: Stream, o: AppendOptions, close_only: bool) -> AppendResult:
-        p = o.producer
-        end = self._visible_end(s)
-        if p is not None:
-            state = s.producers.get(p.id)
-            try:
-                if validate(state, p.epoch, p.seq) is ProducerOutcome.DUPLICATE:
-                    return AppendResult(end, ProducerOutcome.DUPLICATE, p.epoch,
-                                        state.last_seq, True)
-            except (errors.ProducerSeqGap, errors.InvalidEpochSeq):
-                pass  # a new request: the stream is closed to it
-        elif close_only:
-            return AppendResult(end, closed=True)  # closing again is idempotent
-        raise errors.StreamClosed(s.path, s.closed_at)
+        state = s.producers.get(o.producer.id) if o.producer is not None else None
+        return closed_answer(state, o, close_only, self._visible_end(s), s.path, s.closed_at)
 
     # ---- reads ---------------------------------------------------------------------------
 
