@@ -30,7 +30,8 @@ import msgpack
 
 from . import errors
 from .producers import ProducerState
-from .shared import Backend, Conflict, Rec, Row, SharedStreamStore, Tx, redact_url as _redact
+from .shared import Backend, Conflict, Rec, Row, SharedStreamStore, Tx, follow_notifications
+from .shared import redact_url as _redact
 
 try:
     import psycopg
@@ -229,8 +230,9 @@ class PostgresBackend(Backend):
                     f"PostgreSQL unavailable: cannot connect to {_redact(self.url)}") from exc
             await self._migrate()
             conn = await self._listen_connection()
-        self._listener = asyncio.get_running_loop().create_task(
-            self._listen(conn, on_notify, on_reconnect))
+        self._listener = asyncio.get_running_loop().create_task(follow_notifications(
+            "PostgreSQL", conn, self._listen_connection, self._paths, lambda c: c.close(),
+            on_notify, on_reconnect))
 
     async def _migrate(self) -> None:
         async with self._pool.connection() as conn, conn.transaction():
@@ -262,31 +264,10 @@ class PostgresBackend(Backend):
         self._listen_conn = conn
         return conn
 
-    async def _listen(self, conn, on_notify, on_reconnect) -> None:
-        delay = 0.05
-        while True:
-            try:
-                async for note in conn.notifies():
-                    on_notify(note.payload)
-                    delay = 0.05
-                raise psycopg.OperationalError("notification connection ended")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reconnect whatever broke it
-                log.warning("unbroken: PostgreSQL notifications lost (%s); reconnecting", exc)
-                with contextlib.suppress(Exception):
-                    await conn.close()
-                on_reconnect()
-                while True:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    try:
-                        conn = await self._listen_connection()
-                        break
-                    except Exception:  # noqa: BLE001 - still down
-                        pass
-                log.info("unbroken: PostgreSQL notifications restored")
-                on_reconnect()
+    @staticmethod
+    async def _paths(conn):
+        async for note in conn.notifies():
+            yield note.payload
 
     async def close(self) -> None:
         if self._listener is not None:

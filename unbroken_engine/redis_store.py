@@ -35,7 +35,8 @@ import msgpack
 
 from . import errors
 from .producers import ProducerState
-from .shared import Backend, Conflict, Rec, Row, SharedStreamStore, Tx, redact_url as _redact
+from .shared import Backend, Conflict, Rec, Row, SharedStreamStore, Tx, follow_notifications
+from .shared import redact_url as _redact
 
 try:
     import redis.asyncio as aioredis
@@ -243,10 +244,10 @@ class RedisBackend(Backend):
     async def start(self, on_notify, on_reconnect) -> None:
         with _guard("connect"):
             await self._migrate()
-            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
-            await pubsub.subscribe(self.channel)
-        self._listener = asyncio.get_running_loop().create_task(
-            self._listen(pubsub, on_notify, on_reconnect))
+            pubsub = await self._subscribe()
+        self._listener = asyncio.get_running_loop().create_task(follow_notifications(
+            "Redis", pubsub, self._subscribe, self._paths, lambda p: p.aclose(),
+            on_notify, on_reconnect))
 
     async def _migrate(self) -> None:
         key = self.prefix + "schema"
@@ -261,35 +262,22 @@ class RedisBackend(Backend):
             version += 1
             await self._r.set(key, version)
 
-    async def _listen(self, pubsub, on_notify, on_reconnect) -> None:
-        delay = 0.05
-        while True:
-            try:
-                async for msg in pubsub.listen():
-                    if msg.get("type") == "message":
-                        data = msg["data"]
-                        on_notify(data.decode() if isinstance(data, bytes) else data)
-                    delay = 0.05
-                raise rex.ConnectionError("pub/sub connection ended")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reconnect whatever broke it
-                log.warning("unbroken: Redis notifications lost (%s); reconnecting", exc)
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-                on_reconnect()  # readers look again: something may have been missed
-                while True:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    try:
-                        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
-                        await pubsub.subscribe(self.channel)
-                        break
-                    except Exception:  # noqa: BLE001 - still down
-                        with contextlib.suppress(Exception):
-                            await pubsub.aclose()
-                log.info("unbroken: Redis notifications restored")
-                on_reconnect()
+    async def _subscribe(self):
+        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.channel)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            raise
+        return pubsub
+
+    @staticmethod
+    async def _paths(pubsub):
+        async for msg in pubsub.listen():
+            if msg.get("type") == "message":
+                data = msg["data"]
+                yield data.decode() if isinstance(data, bytes) else data
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -991,6 +992,44 @@ class SharedStreamStore(StreamStore):
             self._clock_task.cancel()
         await self._b.close()
 
+
+
+async def follow_notifications(name: str, conn, connect, paths, close,
+                               on_notify: Callable[[str], None],
+                               on_reconnect: Callable[[], None]) -> None:
+    """Feed ``on_notify`` the path of every change announced on ``conn`` (a
+    backend's notification connection), for ever: when the connection
+    breaks, wake every waiter to look again (``on_reconnect``: a change may
+    have been missed), reconnect with ``await connect()`` under a growing
+    delay, and wake them once more when it is back.
+
+    :param paths: ``paths(conn)``, an async iterator of the announced paths
+    :param close: ``await close(conn)`` releases a broken connection
+    """
+    delay = 0.05
+    while True:
+        try:
+            async for path in paths(conn):
+                on_notify(path)
+                delay = 0.05
+            raise ConnectionError("notification connection ended")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reconnect whatever broke it
+            log.warning("unbroken: %s notifications lost (%s); reconnecting", name, exc)
+            with contextlib.suppress(Exception):
+                await close(conn)
+            on_reconnect()
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                try:
+                    conn = await connect()
+                    break
+                except Exception:  # noqa: BLE001 - still down
+                    pass
+            log.info("unbroken: %s notifications restored", name)
+            on_reconnect()
 
 
 def open_store(url: str, **kw) -> Awaitable[SharedStreamStore]:
