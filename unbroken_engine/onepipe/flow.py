@@ -23,14 +23,15 @@ skips an event (it may see the rest of a batch again).
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
-from typing import Any, AsyncIterator, Generic, Iterable, TypeVar
+from typing import Any, AsyncIterator, Callable, Generic, Iterable, TypeVar
 
 import anyio
 
 from ..store import Producer
-from .errors import OnePipeError, ProducerFenced, Unavailable
+from .errors import OnePipeError
 from .runtime import Runtime, current_runtime
 from .schema import Schema
 from .transport import START, Batch, Transport
@@ -38,6 +39,7 @@ from .transport import START, Batch, Transport
 __all__ = ["Flow", "FlowBuilder", "check_name"]
 
 T = TypeVar("T")
+S = TypeVar("S")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
@@ -64,34 +66,54 @@ def pairs(batch: Batch, decode) -> list[tuple[str, Any]]:
             for i, v in enumerate(batch.values)]
 
 
-class _Writer:
-    """Appends to one stream as an idempotent producer, one request at a time.
+class _Producer:
+    """One idempotent producer: id, epoch and next seq; one request at a time."""
 
-    Producer id: new per writer. A request that fails ambiguously (raised
-    :class:`Unavailable`: it may or may not have been written) moves the
-    writer to a new epoch, so the next append can never be mistaken for a
-    duplicate of it.
-    """
-
-    def __init__(self, transport: Transport, path: str, prefix: str):
-        self.transport = transport
-        self.path = path
+    def __init__(self, prefix: str):
         self.id = f"{prefix}-{uuid.uuid4().hex}"
         self.epoch = 0
         self.seq = 0
-        self._lock = anyio.Lock()
+
+
+class _Writer:
+    """Appends to one stream as idempotent producers, so that a retry after a
+    lost answer is recognised by the server as a duplicate (written once).
+
+    A producer's requests must reach the server in seq order, so each sends
+    one request at a time; the writer keeps up to ``width`` producers (new
+    ids, made as concurrent appends need them) so that appends from several
+    tasks still travel together (and the store commits them together).
+    Appends awaited one after another keep their order. A request that
+    fails ambiguously (:class:`Unavailable`: it may or may not have been
+    written) moves its producer to a new epoch, so its next append can never
+    be mistaken for a duplicate of it.
+    """
+
+    def __init__(self, transport: Transport, path: str, prefix: str, width: int = 8):
+        self.transport = transport
+        self.path = path
+        self._prefix = prefix
+        self._idle: list[_Producer] = []
+        self._slots = anyio.Semaphore(width)
 
     async def append(self, values: list):
-        async with self._lock:
-            producer = Producer(self.id, self.epoch, self.seq)
+        async with self._slots:
+            p = self._idle.pop() if self._idle else _Producer(self._prefix)
             try:
-                ack = await self.transport.append(self.path, values, producer=producer)
-            except (Unavailable, ProducerFenced):
-                self.epoch += 1
-                self.seq = 0
+                ack = await self.transport.append(self.path, values,
+                                                  producer=Producer(p.id, p.epoch, p.seq))
+            except BaseException:
+                # Unavailable or cancelled mid-request: maybe written, maybe
+                # not; refused (closed, fenced): not. A new epoch is right
+                # either way.
+                p.epoch += 1
+                p.seq = 0
                 raise
-            self.seq += 1
-            return ack
+            else:
+                p.seq += 1
+                return ack
+            finally:
+                self._idle.append(p)
 
 
 class Flow(Generic[T]):
@@ -109,7 +131,7 @@ class Flow(Generic[T]):
         self._writer = _Writer(transport, self.path, f"flow-{name}")
 
     @staticmethod
-    def create(name: str) -> "FlowBuilder":
+    def create(name: str) -> "FlowBuilder[Any]":
         """A builder for the flow ``name`` (validated: see :func:`check_name`)."""
         return FlowBuilder(check_name(name, "flow"))
 
@@ -157,11 +179,13 @@ class Flow(Generic[T]):
         Over HTTP this is SSE; a dropped connection (a server restart, say)
         is resumed from the last offset delivered, for up to the runtime's
         ``retry_for`` per outage. Ends when the flow is closed and every
-        event has been delivered.
+        event has been delivered. To stop early and release the connection
+        at once, iterate inside ``contextlib.aclosing(flow.subscribe())``.
         """
-        async for batch in self.transport.live(self.path, from_):
-            for pair in pairs(batch, self._decode):
-                yield pair
+        async with contextlib.aclosing(self.transport.live(self.path, from_)) as batches:
+            async for batch in batches:
+                for pair in pairs(batch, self._decode):
+                    yield pair
 
     def _decode(self, value):
         return self._schema.decode(value, f"flow {self.name!r}: stored event")
@@ -182,8 +206,9 @@ class Flow(Generic[T]):
         return f"<Flow {self.name} via {self.transport.kind}>"
 
 
-class FlowBuilder:
-    """``Flow.create(name).schema(...).db(...).build()``."""
+class FlowBuilder(Generic[T]):
+    """``Flow.create(name).schema(...).db(...).build()``; typed by the schema
+    (``Flow.create("o").schema(Order)`` builds a ``Flow[Order]``)."""
 
     def __init__(self, name: str):
         self.name = name
@@ -191,13 +216,13 @@ class FlowBuilder:
         self._db = None
         self._db_schema = "unbroken"
 
-    def schema(self, spec) -> "FlowBuilder":
+    def schema(self, spec: "type[S] | Callable[[Any], S]") -> "FlowBuilder[S]":
         """Check events on append and decode them on read: a dataclass, a
         pydantic model, a TypedDict or a validator (see :mod:`.schema`)."""
         self._schema = Schema.of(spec)
-        return self
+        return self  # type: ignore[return-value]
 
-    def db(self, dsn_or_pool, *, schema: str = "unbroken") -> "FlowBuilder":
+    def db(self, dsn_or_pool, *, schema: str = "unbroken") -> "FlowBuilder[T]":
         """Keep this flow in PostgreSQL (a URL, or a psycopg pool whose
         ``conninfo`` is used) instead of the streams server. Several
         processes with the same DSN share the flow, live reads included.
@@ -208,7 +233,7 @@ class FlowBuilder:
         self._db_schema = schema
         return self
 
-    async def build(self, rt: Runtime | None = None) -> Flow:
+    async def build(self, rt: Runtime | None = None) -> Flow[T]:
         """Create ``flows/{name}`` if needed (idempotent) and return the flow.
 
         :param rt: the runtime (default: the current one)

@@ -11,7 +11,8 @@ mode            what ``connect()`` does
                 client (httpx) to that server, any Durable Streams server
 ``embedded``    the default: starts ``unbroken serve`` in a background
                 thread on ``ONEPIPE_STREAMS_PORT`` (default 9999) with the
-                file store in ``.onepipe/streams/``, talks HTTP to it, and
+                file store in ``ONEPIPE_STREAMS_DIR`` (default
+                ``.onepipe/streams/``), talks HTTP to it, and
                 stops it on exit. If the port already has an Unbroken server
                 (another process of the same app), it joins that one
 ``inprocess``   ``mode="inprocess"`` (or ``ONEPIPE_STREAMS_MODE=inprocess``,
@@ -192,7 +193,8 @@ def connect(mode: str | None = None, *, url: str | None = None, port: int | None
     :param url: the remote server (default ``$ONEPIPE_STREAMS_URL``)
     :param port: the embedded server's port (default ``$ONEPIPE_STREAMS_PORT``
         or 9999; 0 picks a free one)
-    :param data_dir: the file store's directory (default ``.onepipe/streams``)
+    :param data_dir: the file store's directory (default
+        ``$ONEPIPE_STREAMS_DIR``, else ``.onepipe/streams`` in the working directory)
     :param store: a StreamStore to use in-process (not closed on exit)
     :param retry_for: seconds to keep retrying an unreachable server (or a
         503) before raising :class:`~.errors.Unavailable`
@@ -200,6 +202,8 @@ def connect(mode: str | None = None, *, url: str | None = None, port: int | None
     """
     env = os.environ if environ is None else environ
     url = url or env.get("ONEPIPE_STREAMS_URL") or None
+    if data_dir is None:
+        data_dir = env.get("ONEPIPE_STREAMS_DIR") or None
     if mode is None:
         if store is not None:
             mode = "inprocess"
@@ -242,6 +246,10 @@ class _EmbeddedServer:
         :raises OSError: the port is taken (errno EADDRINUSE)"""
         from anyio.from_thread import start_blocking_portal
 
+        if self.port:  # taken? then find out before opening the store another may serve
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((self.host, self.port))
         self._portal_cm = start_blocking_portal()
         self._portal = self._portal_cm.__enter__()
         try:

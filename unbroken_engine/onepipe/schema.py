@@ -5,7 +5,8 @@ way in and turned back into Python objects on the way out.
 
 * ``None`` -- any JSON value, stored and returned as is;
 * a **dataclass** type -- an instance (or a dict of its fields) is stored as
-  the dict of its fields; reading gives an instance back;
+  the dict of its fields, each of the annotated type wherever the annotation
+  is a plain class; reading gives an instance back;
 * a **pydantic** model class (when pydantic is installed) -- validated with
   ``model_validate``, stored as ``model_dump(mode="json")``, read back with
   ``model_validate``;
@@ -91,8 +92,8 @@ class Schema:
         """The JSON value to store for ``value``. :raises SchemaError: rejected."""
         try:
             out = self._encode(value)
-        except SchemaError:
-            raise
+        except SchemaError as exc:
+            raise SchemaError(f"{what} rejected by schema {self.name}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - a validator's own error, reported as such
             raise SchemaError(f"{what} rejected by schema {self.name}: "
                               f"{type(exc).__name__}: {exc}") from exc
@@ -106,15 +107,32 @@ class Schema:
         """
         try:
             return self._decode(value)
-        except SchemaError:
-            raise
+        except SchemaError as exc:
+            raise SchemaError(f"{what} does not fit schema {self.name}: {exc}") from None
         except Exception as exc:  # noqa: BLE001
             raise SchemaError(f"{what} does not fit schema {self.name}: "
                               f"{type(exc).__name__}: {exc}") from exc
 
 
+def _check_types(spec, hints: dict, v: dict, what: str) -> None:
+    """Values of ``v`` whose annotation is a plain class must be instances
+    of it (an int passes for a float; a bool does not pass for an int)."""
+    for key, value in v.items():
+        kind = hints.get(key, typing.Any)
+        plain = kind if isinstance(kind, type) else typing.get_origin(kind)
+        if not isinstance(plain, type) or plain is typing.Any:
+            continue  # unions, type variables, literals: not checked
+        ok = isinstance(value, plain) and not (plain is int and isinstance(value, bool))
+        if plain is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise SchemaError(f"{what} {key!r} of {spec.__qualname__} must be "
+                              f"{plain.__name__}, got {type(value).__name__}")
+
+
 def _dataclass_encoder(spec):
     names = {f.name for f in dataclasses.fields(spec)}
+    hints = typing.get_type_hints(spec)
 
     def encode(v):
         if isinstance(v, dict):
@@ -124,6 +142,8 @@ def _dataclass_encoder(spec):
             v = spec(**v)  # missing fields raise TypeError, reported by Schema.encode
         if not isinstance(v, spec):
             raise SchemaError(f"expected a {spec.__qualname__}, got {type(v).__name__}")
+        fields = {f.name: getattr(v, f.name) for f in dataclasses.fields(spec)}
+        _check_types(spec, hints, fields, "field")
         return dataclasses.asdict(v)
     return encode
 
@@ -141,15 +161,6 @@ def _typeddict_checker(spec):
         unknown = set(v) - set(hints)
         if unknown:
             raise SchemaError(f"unknown key(s) {sorted(unknown)} for {spec.__qualname__}")
-        for key, value in v.items():
-            kind = hints[key]
-            plain = kind if isinstance(kind, type) else typing.get_origin(kind)
-            if isinstance(plain, type) and plain is not typing.Any:
-                ok = isinstance(value, plain) and not (plain is int and isinstance(value, bool))
-                if plain is float and isinstance(value, int) and not isinstance(value, bool):
-                    ok = True
-                if not ok:
-                    raise SchemaError(f"key {key!r} of {spec.__qualname__} must be "
-                                      f"{plain.__name__}, got {type(value).__name__}")
+        _check_types(spec, hints, v, "key")
         return v
     return check

@@ -18,6 +18,7 @@ docs/protocol-choices.md); against a server without it, it reads the history.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import random
 import time
@@ -72,7 +73,7 @@ class Signal(Generic[T]):
         self._retry_for = retry_for
 
     @staticmethod
-    def create(name: str, default: Any = None) -> "SignalBuilder":
+    def create(name: str, default: T = None) -> "SignalBuilder[T]":
         """A builder for the signal ``name`` whose value is ``default`` until set."""
         return SignalBuilder(check_name(name, "signal"), default)
 
@@ -138,18 +139,21 @@ class Signal(Generic[T]):
 
     async def watch(self, *, current: bool = True) -> AsyncIterator[T]:
         """The value now (unless ``current=False``), then every change as
-        it is written, by any instance. Runs until cancelled."""
-        async for st in self.watch_states(current=current):
-            yield st.value
+        it is written, by any instance. Runs until cancelled (or closed:
+        ``contextlib.aclosing(sig.watch())`` releases the connection at once)."""
+        async with contextlib.aclosing(self.watch_states(current=current)) as states:
+            async for st in states:
+                yield st.value
 
     async def watch_states(self, *, current: bool = True) -> AsyncIterator[SignalState[T]]:
         """Like :meth:`watch`, with each change's :class:`SignalState`."""
         st = await self.state()
         if current:
             yield st
-        async for batch in self.transport.live(self.path, st.next_offset):
-            for record in batch.values:
-                yield self._state(record, batch.next_offset)
+        async with contextlib.aclosing(self.transport.live(self.path, st.next_offset)) as live:
+            async for batch in live:
+                for record in batch.values:
+                    yield self._state(record, batch.next_offset)
 
     async def history(self) -> list[SignalState[T]]:
         """Every value the signal has had, oldest first."""
@@ -165,7 +169,7 @@ class Signal(Generic[T]):
         return f"<Signal {self.name} via {self.transport.kind}>"
 
 
-class SignalBuilder:
+class SignalBuilder(Generic[T]):
     """``Signal.create(name, default).schema(...).build()``."""
 
     def __init__(self, name: str, default: Any):
@@ -173,12 +177,12 @@ class SignalBuilder:
         self.default = default
         self._schema = Schema.of(None)
 
-    def schema(self, spec) -> "SignalBuilder":
+    def schema(self, spec) -> "SignalBuilder[T]":
         """Check values on write and decode them on read (see :mod:`.schema`)."""
         self._schema = Schema.of(spec)
         return self
 
-    async def build(self, rt: Runtime | None = None) -> Signal:
+    async def build(self, rt: Runtime | None = None) -> Signal[T]:
         """Create ``signals/{name}`` if needed and return the signal."""
         rt = _runtime(rt)
         sig = Signal(self.name, rt.transport, self.default, self._schema, rt.instance,

@@ -318,7 +318,7 @@ class HttpTransport(Transport):
             except self._transient as exc:
                 why = f"{type(exc).__name__}: {exc}"
             else:
-                if r.status_code != 503 and r.status_code != 502:
+                if r.status_code not in (429, 502, 503):  # overloaded or restarting: retry
                     return r
                 why = f"{r.status_code} {r.text.strip()[:200]}"
             delay = next(delays, None)
@@ -394,24 +394,30 @@ class HttpTransport(Transport):
         return Last(True, values[-1], r.headers.get("stream-last-offset"), nxt, closed)
 
     async def live(self, path: str, offset: str = START):
-        delays = None
+        delays = None  # the retry budget of the current outage, if any
         while True:
+            heard = False
             try:
                 async with contextlib.aclosing(self._sse(path, offset)) as batches:
                     async for batch in batches:
-                        delays = None  # it worked: a later failure starts a fresh budget
+                        heard, delays = True, None  # it works: a later outage starts afresh
                         if batch.values or batch.closed:
                             yield batch
                         offset = batch.next_offset
                         if batch.closed:
                             return
-                why = "the server ended the response"  # roughly once a minute: reconnect
             except self._transient as exc:
                 why = f"{type(exc).__name__}: {exc}"
             except _Retryable as exc:
                 why = str(exc)
             else:
-                continue  # a normal end of one SSE response: reconnect at once
+                # The server ended the response (it does so about once a
+                # minute, and on shutdown): reconnect at once -- after a
+                # short pause if it said nothing, so a server that keeps
+                # ending responses empty is not hammered.
+                if not heard:
+                    await anyio.sleep(self._retry.first * (0.5 + random.random()))
+                continue
             if delays is None:
                 delays = self._retry.delays()
             delay = next(delays, None)
@@ -426,7 +432,7 @@ class HttpTransport(Transport):
         async with self.client.stream("GET", self.url(path),
                                       params={"offset": offset, "live": "sse"},
                                       timeout=timeout) as r:
-            if r.status_code in (502, 503):
+            if r.status_code in (429, 502, 503):  # overloaded or restarting: retry
                 raise _Retryable(f"{r.status_code} from the server")
             if r.status_code != 200:
                 await r.aread()
@@ -434,28 +440,29 @@ class HttpTransport(Transport):
             values: list = []
             start = offset
             event, data = None, []
-            async for line in r.aiter_lines():
-                if line:
-                    if line.startswith(":"):
+            async with contextlib.aclosing(r.aiter_lines()) as lines:
+                async for line in lines:
+                    if line:
+                        if line.startswith(":"):
+                            continue
+                        name, _, value = line.partition(":")
+                        value = value[1:] if value.startswith(" ") else value
+                        if name == "event":
+                            event = value
+                        elif name == "data":
+                            data.append(value)
                         continue
-                    name, _, value = line.partition(":")
-                    value = value[1:] if value.startswith(" ") else value
-                    if name == "event":
-                        event = value
-                    elif name == "data":
-                        data.append(value)
-                    continue
-                if event == "data" and data:
-                    values.extend(json.loads("\n".join(data)))
-                elif event == "control" and data:
-                    c = json.loads("\n".join(data))
-                    nxt = c.get("streamNextOffset", start)
-                    closed = bool(c.get("streamClosed"))
-                    yield Batch(values, start, nxt, bool(c.get("upToDate")) or closed, closed)
-                    values, start = [], nxt
-                    if closed:
-                        return
-                event, data = None, []
+                    if event == "data" and data:
+                        values.extend(json.loads("\n".join(data)))
+                    elif event == "control" and data:
+                        c = json.loads("\n".join(data))
+                        nxt = c.get("streamNextOffset", start)
+                        closed = bool(c.get("streamClosed"))
+                        yield Batch(values, start, nxt, bool(c.get("upToDate")) or closed, closed)
+                        values, start = [], nxt
+                        if closed:
+                            return
+                    event, data = None, []
 
     async def delete(self, path: str) -> None:
         r = await self._request("DELETE", path)
