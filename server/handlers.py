@@ -19,6 +19,7 @@ import xxhash
 
 from unbroken_engine import __version__
 from unbroken_engine import errors as e
+from unbroken_engine.media import is_json
 from unbroken_engine.offsets import NOW, START, format_offset, parse_offset
 from unbroken_engine.producers import ProducerOutcome
 from unbroken_engine.store import AppendOptions, CreateOptions, StreamStore
@@ -318,7 +319,10 @@ async def handle_append(ctx: ServerContext, req: Request, path: str) -> Response
 # ---- GET: catch-up, long-poll, SSE ------------------------------------------------------------
 
 async def handle_read(ctx: ServerContext, req: Request, path: str):
-    """``GET``: a catch-up read, or live (``live=long-poll`` / ``live=sse``)."""
+    """``GET``: a catch-up read, or live (``live=long-poll`` / ``live=sse``),
+    or the last message (``last=true``, an extension)."""
+    if any(name == "last" for name, _ in req.query):
+        return await handle_read_last(ctx, req, path)
     try:
         raw = req.param("offset")
         mode = req.param("live")
@@ -335,6 +339,40 @@ async def handle_read(ctx: ServerContext, req: Request, path: str):
         return await _live_read(ctx, req, path, offset, mode)
     r = await ctx.store.read(path, offset, ctx.config.read_chunk)
     return read_response(req, path, raw, r, cache=cors.NO_STORE if offset is NOW else None)
+
+
+async def handle_read_last(ctx: ServerContext, req: Request, path: str) -> Response:
+    """``GET ?last=true``: the stream's last message and its tail, marked
+    ``Stream-Read: last`` (an extension; see docs/protocol-choices.md).
+
+    The body is what a read of that one message would be: ``[value]`` (or
+    ``[]``) for a JSON stream, the last append's bytes (or nothing) for any
+    other. ``Stream-Last-Offset`` is where the record holding it starts.
+    """
+    try:
+        last, live_mode, raw = req.param("last"), req.param("live"), req.param("offset")
+        if last != "true":
+            raise HeaderError("last must be true (or absent)")
+        if live_mode is not None:
+            raise HeaderError("last=true cannot be combined with live=")
+        if raw not in (None, "-1"):
+            raise HeaderError("last=true reads from the tail: offset must be -1 or absent")
+    except HeaderError:
+        await ctx.store.get(path)  # a missing stream is a 404 before a bad query
+        raise
+    r = await ctx.store.read_last(path)
+    if is_json(r.content_type):
+        body = b"[" + r.data + b"]" if r.found else b"[]"
+    else:
+        body = r.data
+    headers = [*cors.COMMON, ("Content-Type", r.content_type),
+               (h.STREAM_NEXT_OFFSET, format_offset(r.next_offset)),
+               (h.STREAM_UP_TO_DATE, "true"), (h.STREAM_READ, "last"), cors.NO_STORE]
+    if r.closed:
+        headers.append((h.STREAM_CLOSED, "true"))
+    if r.found:
+        headers.append((h.STREAM_LAST_OFFSET, format_offset(r.offset)))
+    return Response(200, headers, body)
 
 
 async def _live_read(ctx: ServerContext, req: Request, path: str, offset, mode: str):

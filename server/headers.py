@@ -23,6 +23,10 @@ STREAM_FORKED_FROM = "Stream-Forked-From"
 STREAM_FORK_OFFSET = "Stream-Fork-Offset"
 STREAM_FORK_SUB_OFFSET = "Stream-Fork-Sub-Offset"
 STREAM_SSE_DATA_ENCODING = "Stream-SSE-Data-Encoding"
+#: extension (docs/protocol-choices.md): ``GET ...?last=true`` answers with
+#: ``Stream-Read: last`` and, when there is a message, ``Stream-Last-Offset``
+STREAM_READ = "Stream-Read"
+STREAM_LAST_OFFSET = "Stream-Last-Offset"
 PRODUCER_ID = "Producer-Id"
 PRODUCER_EPOCH = "Producer-Epoch"
 PRODUCER_SEQ = "Producer-Seq"

@@ -127,7 +127,8 @@ class FileBackedStreamStore(BaseStreamStore):
         s.last_access = max(s.created_at, meta.get("last_access") or 0.0,
                             _newest_mtime(folder))
         for rec in slog.records(_snapshot_offset(s, slog, folder)):
-            s.apply(rec.type, rec.attrs, rec.next_offset)
+            s.apply(rec.type, rec.attrs, rec.next_offset, start=rec.offset,
+                    msg_count=rec.msg_count)
         return s
 
     def _link_forks(self, metas: dict[str, dict]) -> None:

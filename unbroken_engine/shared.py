@@ -70,9 +70,11 @@ from .store import (
     AppendResult,
     CreateOptions,
     CreateResult,
+    LastMessage,
     ReadResult,
     StreamMeta,
     StreamStore,
+    last_json_value,
 )
 from .streams import (
     _Requested,
@@ -186,6 +188,9 @@ class Row:
     :ivar source: ``[path, rid]`` of a fork's source
     :ivar forks: ``[path, rid]`` of the forks that read through this stream
     :ivar last_access: when it was last read or written (sliding TTL)
+    :ivar last_msg: where the last of the stream's own records that carries
+        messages starts, kept by the transaction that writes it (None: it
+        has none, or the row was written before this was kept)
     """
 
     path: str
@@ -208,6 +213,7 @@ class Row:
     closed_at: int | None = None
     last_seq: str | None = None
     soft_deleted: bool = False
+    last_msg: int | None = None
 
     # -- what the shared rules (streams.check_same_config) read --
     @property
@@ -242,7 +248,8 @@ class Row:
                 "rttl": self.req_ttl, "rexp": self.req_expires_at, "ffrom": self.fork_from,
                 "fsub": self.fork_sub_offset, "base": self.base, "chain": self.chain,
                 "src": self.source, "forks": self.forks, "tail": self.tail,
-                "closed": self.closed_at, "seq": self.last_seq, "soft": self.soft_deleted}
+                "closed": self.closed_at, "seq": self.last_seq, "soft": self.soft_deleted,
+                "lm": self.last_msg}
 
     @classmethod
     def from_dict(cls, path: str, d: dict, last_access: float) -> "Row":
@@ -254,7 +261,8 @@ class Row:
                    chain=[list(c) for c in d["chain"]],
                    source=list(d["src"]) if d["src"] else None,
                    forks=[list(f) for f in d["forks"]], tail=d["tail"],
-                   closed_at=d["closed"], last_seq=d["seq"], soft_deleted=d["soft"])
+                   closed_at=d["closed"], last_seq=d["seq"], soft_deleted=d["soft"],
+                   last_msg=d.get("lm"))  # rows written before it was kept: None
 
 
 class Rec:
@@ -647,6 +655,8 @@ class SharedStreamStore(StreamStore):
         for payload, attrs, kind, count in records:
             rec = Rec(row.tail, int(kind), count, attrs, payload)
             recs.append(rec)
+            if count:
+                row.last_msg = rec.offset
             row.tail = rec.next_offset
             if kind in _CLOSERS:
                 row.closed_at = row.tail
@@ -782,6 +792,8 @@ class SharedStreamStore(StreamStore):
         check_stream_seq(row.last_seq, o.seq)
         payload, attrs, kind, count = append_record(data, o, row.json)
         rec = Rec(row.tail, int(kind), count, attrs, bytes(payload))
+        if count:
+            row.last_msg = rec.offset
         row.tail = rec.next_offset
         if o.close:
             row.closed_at = row.tail
@@ -824,6 +836,53 @@ class SharedStreamStore(StreamStore):
             data = b"".join(parts)
         up_to_date = nxt >= tail
         return ReadResult(data, nxt, up_to_date, up_to_date and closed, row.content_type)
+
+    async def read_last(self, path: str) -> LastMessage:
+        self._check_open()
+        now = self._now()
+        row = self._woken_row(path)
+        if row is None:
+            row = await self._served(path, now)
+        await self._touch(row, now)
+        closed = row.closed_at is not None
+        found = None
+        if row.last_msg is not None:  # the row says where: one record
+            found = row.rid, row.last_msg
+        rec = await self._one_record(*found) if found else await self._scan_last(row)
+        if rec is None:
+            if found:  # deleted since its row was read
+                raise errors.StreamNotFound(path)
+            return LastMessage(b"", None, row.tail, closed, row.content_type)
+        data = last_json_value(rec.payload, rec.msg_count) if row.json else bytes(rec.payload)
+        return LastMessage(data, rec.offset, row.tail, closed, row.content_type, True)
+
+    async def _one_record(self, rid: str, offset: int) -> Rec | None:
+        """The record of ``rid`` at ``offset`` (None: not there)."""
+        recs = self._records.run(rid, offset, offset + 1, 1)
+        if not recs:
+            recs = await self._b.records(rid, offset, offset + 1, 1)
+            self._records.add(rid, recs)
+        return recs[0] if recs and recs[0].offset == offset else None
+
+    async def _scan_last(self, row: Row) -> Rec | None:
+        """The last record that carries messages in ``row``'s view, found by
+        reading it: for rows without ``last_msg`` (written before it was
+        kept, or forks with no message of their own). The newest range with
+        one ends the search."""
+        for rid, lo, hi in reversed(list(self._ranges(row, 0, row.tail))):
+            last = None
+            at = lo
+            while at < hi:
+                recs = await self._b.records(rid, at, hi, READ_BATCH)
+                if not recs:
+                    break
+                for rec in recs:
+                    if rec.msg_count:
+                        last = rec
+                at = recs[-1].next_offset
+            if last is not None:
+                return last
+        return None
 
     async def _read_range(self, row: Row, offset: int, budget: int):
         parts: list[bytes] = []

@@ -24,6 +24,9 @@ import abc
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from . import _native as nat
+from . import errors
+from .media import is_json
 from .producers import ProducerOutcome
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -144,6 +147,49 @@ class ReadResult:
 
 
 @dataclass(frozen=True)
+class LastMessage:
+    """A stream's last message, and where the stream stands (``read_last``).
+
+    :ivar data: the last message: for JSON streams the text of its one JSON
+        value (no brackets), else the bytes of the last append; ``b""`` when
+        the stream holds no message
+    :ivar offset: where the record holding it starts (None: no message); a
+        read from there returns that record first (for a JSON append of
+        several values: all of them)
+    :ivar next_offset: the tail
+    :ivar closed: the stream is closed
+    :ivar found: the stream holds a message
+    """
+
+    data: bytes
+    offset: int | None
+    next_offset: int
+    closed: bool
+    content_type: str = DEFAULT_CONTENT_TYPE
+    found: bool = False
+
+
+def last_json_value(payload, count: int | None) -> bytes:
+    """The text of the last JSON value in ``payload``.
+
+    :param payload: a stored JSON record: ``count`` values joined by ``,``
+        (what :func:`~unbroken_engine._native.json_flatten` writes); with
+        ``count`` None, any JSON text (an array gives its last element)
+    """
+    if count is None:
+        payload, count = nat.json_flatten(payload)
+    if count <= 1:
+        return bytes(payload).strip(b" \t\r\n")
+    cut = len(nat.json_prefix(payload, count - 1))
+    return bytes(payload[cut + 1:]).strip(b" \t\r\n")  # past the ','
+
+
+def _holds_message(r: ReadResult) -> bool:
+    """Whether a read returned at least one message (JSON: not ``[]``)."""
+    return len(r.data) > (2 if is_json(r.content_type) else 0)
+
+
+@dataclass(frozen=True)
 class StoreRecovery:
     """What opening a store found (logged as one line at start-up)."""
 
@@ -230,6 +276,51 @@ class StreamStore(abc.ABC):
         :raises InvalidOffset: beyond the tail or not an offset of this stream
         :raises OffsetGone: before the earliest retained data
         """
+
+    async def read_last(self, path: str) -> LastMessage:
+        """The stream's last message and its tail, without reading its history
+        (a store keeps where its last record that carries messages starts);
+        renews a sliding TTL, like :meth:`read`. A JSON append of several
+        values is one record: only its last value is returned. Close records
+        carry no message. A fork with no message of its own answers from what
+        it inherits (its source's below the fork offset, or the prefix its
+        sub-offset kept).
+
+        This default is correct for any store but reads the whole stream: it
+        pages through it, then reads the last page that held data again one
+        record at a time (a read never splits an append, so a read of at most
+        one byte returns exactly one) to learn where the last message starts.
+
+        :raises StreamNotFound, StreamSoftDeleted: as for :meth:`get`
+        """
+        start = 0  # offsets are log positions: every stream's view starts at 0
+        try:
+            r = await self.read(path, start)
+        except errors.OffsetGone as gone:  # retention dropped the beginning
+            start = gone.earliest
+            r = await self.read(path, start)
+        page_start = page_end = None
+        while True:
+            if _holds_message(r):
+                page_start, page_end = start, r.next_offset
+            if r.up_to_date:
+                break
+            start = r.next_offset
+            r = await self.read(path, start)
+        if page_start is None:
+            return LastMessage(b"", None, r.next_offset, r.closed, r.content_type)
+        at, last, piece = page_start, None, None
+        while at < page_end:
+            one = await self.read(path, at, max_bytes=1)
+            if _holds_message(one):
+                last, piece = at, one
+            if one.next_offset <= at:
+                break  # cannot happen: a read below the tail returns a record
+            at = one.next_offset
+        data = bytes(piece.data)
+        if is_json(piece.content_type):
+            data = last_json_value(data, None)
+        return LastMessage(data, last, r.next_offset, r.closed, r.content_type, True)
 
     @abc.abstractmethod
     async def wait_for_messages(self, path: str, offset: int, timeout: float) -> bool:

@@ -20,6 +20,7 @@ a HEAD reports is one an append has acknowledged.
 """
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,9 +42,11 @@ from .store import (
     AppendResult,
     CreateOptions,
     CreateResult,
+    LastMessage,
     ReadResult,
     StreamMeta,
     StreamStore,
+    last_json_value,
 )
 
 _CLOSERS = (RecordType.DATA_CLOSE, RecordType.CLOSE)
@@ -88,7 +91,7 @@ class Stream:
     __slots__ = ("path", "content_type", "media", "json", "ttl", "expires_at", "created_at",
                  "last_access", "log", "producers", "last_seq", "closed_at", "source",
                  "fork_offset", "forks", "soft_deleted", "requested", "handle", "removed",
-                 "since_snapshot")
+                 "since_snapshot", "msg_starts")
 
     def __init__(self, path: str, content_type: str, log, *, ttl=None, expires_at=None,
                  created_at: float, requested: _Requested, source: "Stream | None" = None,
@@ -113,6 +116,12 @@ class Stream:
         self.handle = handle  # the backend's own (e.g. the directory)
         self.removed = False
         self.since_snapshot = 0  # appends since the last state snapshot
+        # Where the own log's records that carry messages start: the last one
+        # readers could see when last looked at, and every one after it
+        # (appends not yet durable); older ones are dropped as the visible
+        # end moves past (see BaseStreamStore._message_starts). None: not
+        # known (restored from a snapshot made before they were kept).
+        self.msg_starts: list[int] | None = []
 
     @property
     def closed(self) -> bool:
@@ -125,23 +134,35 @@ class Stream:
 
     def state(self, offset: int) -> dict:
         """The state the log implies up to ``offset``, for a snapshot."""
-        return {"offset": offset, "last_seq": self.last_seq, "closed_at": self.closed_at,
-                "producers": {k: [v.epoch, v.last_seq] for k, v in self.producers.items()}}
+        state = {"offset": offset, "last_seq": self.last_seq, "closed_at": self.closed_at,
+                 "producers": {k: [v.epoch, v.last_seq] for k, v in self.producers.items()}}
+        if self.msg_starts is not None:
+            # the start of the last record below ``offset`` that carries messages
+            i = bisect.bisect_left(self.msg_starts, offset)
+            state["last_msg"] = self.msg_starts[i - 1] if i else None
+        return state
 
     def restore(self, state: dict) -> int:
         """Load a snapshot made by :meth:`state`; :return: its offset."""
         self.last_seq = state["last_seq"]
         self.closed_at = state["closed_at"]
         self.producers = {k: ProducerState(v[0], v[1]) for k, v in state["producers"].items()}
+        if "last_msg" in state:
+            last = state["last_msg"]
+            self.msg_starts = [] if last is None else [last]
+        else:  # a snapshot from before they were kept: found by one scan when asked
+            self.msg_starts = None
         return state["offset"]
 
     def start_offset(self) -> int:
         """Where a read from the beginning starts (a fork's root's start)."""
         return self.source.start_offset() if self.source is not None else self.log.start_offset
 
-    def apply(self, rec_type: RecordType, attrs: bytes, end: int) -> None:
+    def apply(self, rec_type: RecordType, attrs: bytes, end: int, *,
+              start: int | None = None, msg_count: int = 0) -> None:
         """Update producer state, Stream-Seq and closure from one record (the
-        same function serves appends and recovery)."""
+        same function serves appends and recovery); with ``start``, note
+        where a record that carries messages (``msg_count``) starts."""
         if attrs:
             fields = msgpack.unpackb(attrs)
             p = fields.get("p")
@@ -151,6 +172,8 @@ class Stream:
                 self.last_seq = fields["s"]
         if rec_type in _CLOSERS:
             self.closed_at = end
+        if msg_count and start is not None and self.msg_starts is not None:
+            self.msg_starts.append(start)
 
 
 def check_producer(p) -> None:
@@ -483,7 +506,8 @@ class BaseStreamStore(StreamStore):
                    requested=requested, source=source, fork_offset=base if source else None,
                    handle=handle)
         for rec in log.records():
-            s.apply(rec.type, rec.attrs, rec.next_offset)
+            s.apply(rec.type, rec.attrs, rec.next_offset, start=rec.offset,
+                    msg_count=rec.msg_count)
         self._streams[path] = s
         if source is not None:
             source.forks.add(s)
@@ -552,8 +576,11 @@ class BaseStreamStore(StreamStore):
             await self._settled(s)
             raise
         payload, attrs, kind, count = append_record(data, o, s.json)
+        start = s.log.end_offset
         end = s.log.write(payload, attrs, kind, count)  # no await since the checks
-        s.apply(kind, attrs, end)
+        s.apply(kind, attrs, end, start=start, msg_count=count)
+        if s.msg_starts is not None:
+            self._message_starts(s)  # let go of the starts no read_last can need
         s.since_snapshot += 1
         await self._settled(s, end)
         if s.since_snapshot >= self.SNAPSHOT_EVERY and s.log.durable_offset == s.log.end_offset:
@@ -597,6 +624,74 @@ class BaseStreamStore(StreamStore):
         up_to_date = nxt >= tail
         return ReadResult(data, nxt, up_to_date, up_to_date and self._closed_visible(s),
                           s.content_type)
+
+    async def read_last(self, path: str) -> LastMessage:
+        s = self._lookup(path, touch=True)
+        tail = self._visible_end(s)
+        closed = self._closed_visible(s)
+        found = self._last_message(s, tail)
+        if found is None:
+            return LastMessage(b"", None, tail, closed, s.content_type)
+        holder, at = found
+        rec = next(holder.log.records(at))  # one record, its CRC checked
+        data = last_json_value(rec.payload, rec.msg_count) if s.json else bytes(rec.payload)
+        return LastMessage(data, at, tail, closed, s.content_type, True)
+
+    def _last_message(self, s: Stream, until: int) -> tuple[Stream, int] | None:
+        """The last record that carries messages in ``s``'s view below
+        ``until``: ``(stream whose log holds it, its start)``, or None. A
+        fork with none of its own (its sub-offset's prefix counts) looks in
+        its source below the fork offset, and so on up the chain."""
+        while True:
+            at = self._last_own_message(s, until)
+            if at is not None:
+                return s, at
+            if s.source is None:
+                return None
+            until = min(until, s.fork_offset)
+            s = s.source
+
+    def _last_own_message(self, s: Stream, until: int) -> int | None:
+        """Where the last record that carries messages in ``s``'s own log,
+        below ``until``, starts (None: there is none)."""
+        starts = self._message_starts(s)
+        i = bisect.bisect_left(starts, until)
+        if i:
+            at = starts[i - 1]
+            return at if at >= s.log.start_offset else None  # else: retention dropped it
+        if not starts or starts[0] >= self._visible_end(s) or until <= s.log.start_offset:
+            return None  # no start was ever let go, or nothing lies below ``until``
+        # ``until`` is a fork's offset, before the last messages this stream
+        # still lists: scan its log up to there (only forks of streams written
+        # to after the fork get here)
+        last = None
+        for rec in s.log.records():
+            if rec.offset >= until:
+                break
+            if rec.msg_count:
+                last = rec.offset
+        return last
+
+    def _message_starts(self, s: Stream) -> list[int]:
+        """``s.msg_starts`` without the starts before the last one readers can
+        see (the visible end only grows: no read can need them again). When
+        not known, they are found by one scan of the log."""
+        visible = self._visible_end(s)
+        starts = s.msg_starts
+        if starts is None:  # restored from a snapshot made before they were kept
+            starts = s.msg_starts = []
+            for rec in s.log.records():
+                if not rec.msg_count:
+                    continue
+                if starts and starts[-1] < visible and rec.offset < visible:
+                    starts[-1] = rec.offset
+                else:
+                    starts.append(rec.offset)
+            return starts
+        i = bisect.bisect_left(starts, visible)
+        if i > 1:
+            del starts[:i - 1]
+        return starts
 
     def _read_range(self, s: Stream, offset: int, budget: int, until: int):
         """Read ``s``'s view from ``offset`` up to ``until``: the inherited range

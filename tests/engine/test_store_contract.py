@@ -22,11 +22,13 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import anyio
+import msgpack
 import pytest
 
 from unbroken_engine import errors, layout
-from unbroken_engine.file_store import FileBackedStreamStore
-from unbroken_engine.log import Durability, LogConfig
+from unbroken_engine.file_store import SNAPSHOT_NAME, FileBackedStreamStore
+from unbroken_engine.log import Durability, LogConfig, SegmentedLog
+from unbroken_engine.memory_log import MemoryLog
 from unbroken_engine.memory_store import MemoryStreamStore
 from unbroken_engine.offsets import NOW, START, ZERO, format_offset, parse_offset
 from unbroken_engine.producers import ProducerOutcome
@@ -36,7 +38,9 @@ from unbroken_engine.store import (
     AppendOptions,
     CreateOptions,
     Producer,
+    StreamStore,
 )
+from unbroken_engine.streams import BaseStreamStore
 
 pytestmark = pytest.mark.anyio
 
@@ -2538,6 +2542,248 @@ async def test_has_reports_live_streams_only(store):
 
 
 # ======================================================================================
+# read_last: the last message (an extension, docs/protocol-choices.md)
+# ======================================================================================
+
+async def last(store, path):
+    """``store.read_last(path)``, checked against the default implementation
+    of :class:`StreamStore` (which pages through the whole stream with plain
+    reads): the fast path of each store must agree with it."""
+    got = await store.read_last(path)
+    assert await StreamStore.read_last(store, path) == got, path
+    return got
+
+
+def count_record_reads(store, monkeypatch) -> list:
+    """From now on, the offsets of the records ``store`` takes from its logs
+    (or its backend) are appended to the returned list."""
+    seen: list = []
+    if isinstance(store, BaseStreamStore):
+        for cls in (SegmentedLog, MemoryLog):
+            def counting(self, offset=None, _orig=cls.records):
+                for rec in _orig(self, offset):
+                    seen.append(rec.offset)
+                    yield rec
+            monkeypatch.setattr(cls, "records", counting)
+    else:
+        orig = store._b.records
+
+        async def counting_backend(rid, lo, hi, limit):
+            recs = await orig(rid, lo, hi, limit)
+            seen.extend(r.offset for r in recs)
+            return recs
+        monkeypatch.setattr(store._b, "records", counting_backend)
+    return seen
+
+
+async def test_read_last_of_an_empty_stream(store):
+    await create(store, "b")
+    await create(store, "j", content_type=JSON, data=b"[]")
+    for path, ct in (("b", BIN), ("j", JSON)):
+        r = await last(store, path)
+        assert (r.data, r.offset, r.found, r.closed) == (b"", None, False, False)
+        assert r.next_offset == 0 and r.content_type == ct
+
+
+async def test_read_last_of_a_bytes_stream_is_the_last_append(store):
+    await create(store, "s", content_type=TEXT, data=b"initial")
+    r = await last(store, "s")
+    assert (r.data, r.offset, r.found) == (b"initial", 0, True)
+    before = r.next_offset
+    await append(store, "s", b"one")
+    mid = (await store.get("s")).next_offset
+    tail = (await append(store, "s", b"two, longer")).next_offset
+    r = await last(store, "s")
+    assert r.data == b"two, longer" and r.offset == mid and r.next_offset == tail
+    assert r.found and not r.closed and r.content_type == TEXT
+    assert 0 < before < mid < tail
+    # reading from the offset it reports starts with that append
+    assert await body(store, "s", r.offset) == b"two, longer"
+
+
+async def test_read_last_of_a_json_stream_is_the_last_value_only(store):
+    await create(store, "j", content_type=JSON, data=b"[1, 2]")
+    r = await last(store, "j")
+    assert (r.data, r.offset) == (b"2", 0)
+    at = (await store.get("j")).next_offset
+    tail = (await append(store, "j", b' [ {"a": [1, 2]} , [3, 4],\n "last" ] ')).next_offset
+    r = await last(store, "j")
+    assert r.data == b'"last"' and r.offset == at and r.next_offset == tail
+    assert json.loads(r.data) == "last"
+    at = tail
+    await append(store, "j", b'{"k": [1, "]"]}')  # one value, not an array
+    r = await last(store, "j")
+    assert json.loads(r.data) == {"k": [1, "]"]} and r.offset == at
+    await append(store, "j", b"[[5, 6]]")  # an array of one array: flattened once
+    assert json.loads((await last(store, "j")).data) == [5, 6]
+    await append(store, "j", b'["a,b", "c\\"d"]')
+    assert json.loads((await last(store, "j")).data) == 'c"d'
+
+
+async def test_read_last_after_a_close(store):
+    """A close record carries no message: the last one stays the answer."""
+    await create(store, "c", content_type=TEXT)
+    await append(store, "c", b"x")
+    tail = (await store.close_stream("c")).next_offset
+    r = await last(store, "c")
+    assert (r.data, r.offset, r.closed, r.found) == (b"x", 0, True, True)
+    assert r.next_offset == tail > len(b"x")
+    await create(store, "dc", content_type=TEXT, data=b"first")
+    at = (await store.get("dc")).next_offset
+    await append(store, "dc", b"y", close=True)  # data and close in one record
+    r = await last(store, "dc")
+    assert (r.data, r.offset, r.closed) == (b"y", at, True)
+    await create(store, "pc", content_type=JSON, data=b"[1, 2]", closed=True)
+    r = await last(store, "pc")
+    assert (r.data, r.offset, r.closed) == (b"2", 0, True)
+    await create(store, "ec", closed=True)
+    r = await last(store, "ec")
+    assert (r.data, r.offset, r.found, r.closed) == (b"", None, False, True)
+    assert r.next_offset == (await store.get("ec")).next_offset > 0
+
+
+async def test_read_last_of_forks(store):
+    await create(store, "src", content_type=TEXT, data=b"a")
+    t1 = (await append(store, "src", b"bb")).next_offset
+    t0 = (await store.read("src", 0, max_bytes=1)).next_offset  # where "bb" starts
+    t2 = (await append(store, "src", b"ccc")).next_offset
+    await create(store, "at-tail", fork_from="src")
+    await create(store, "mid", fork_from="src", fork_offset=t0)
+    await create(store, "zero", fork_from="src", fork_offset=0)
+    await append(store, "src", b"dddd")  # after the forks: none of them sees it
+    r = await last(store, "at-tail")
+    assert (r.data, r.offset, r.next_offset, r.found) == (b"ccc", t1, t2, True)
+    r = await last(store, "mid")
+    assert (r.data, r.offset, r.next_offset) == (b"a", 0, t0)
+    r = await last(store, "zero")
+    assert (r.data, r.offset, r.next_offset, r.found) == (b"", None, 0, False)
+    assert (await last(store, "src")).data == b"dddd"
+    # a fork of a fork with nothing of its own: through both
+    await create(store, "grand", fork_from="at-tail")
+    assert (await last(store, "grand")).data == b"ccc"
+    # its own appends come first; a close of its own changes nothing
+    tail = (await append(store, "mid", b"own")).next_offset
+    r = await last(store, "mid")
+    assert (r.data, r.offset, r.next_offset) == (b"own", t0, tail)
+    await create(store, "closed-fork", fork_from="src", fork_offset=t1)
+    await store.close_stream("closed-fork")
+    r = await last(store, "closed-fork")
+    assert (r.data, r.offset, r.closed) == (b"bb", t0, True)
+
+
+async def test_read_last_of_a_fork_with_a_sub_offset(store):
+    """The fork keeps the first bytes (JSON: values) of the message at its
+    offset: that prefix is its last message until it appends."""
+    await create(store, "src", content_type=TEXT, data=b"hello")
+    await append(store, "src", b"world")
+    await create(store, "f", fork_from="src", fork_offset=0, fork_sub_offset=3)
+    r = await last(store, "f")
+    assert (r.data, r.offset, r.found) == (b"hel", 0, True)
+    await create(store, "js", content_type=JSON, data=b'[1, {"two": 2}, 3]')
+    await create(store, "jf", fork_from="js", fork_offset=0, fork_sub_offset=2)
+    r = await last(store, "jf")
+    assert json.loads(r.data) == {"two": 2} and r.offset == 0
+    await append(store, "jf", b"[4, 5]")
+    assert (await last(store, "jf")).data == b"5"
+
+
+async def test_read_last_of_missing_and_deleted_streams(store):
+    with pytest.raises(errors.StreamNotFound):
+        await store.read_last("missing")
+    await create(store, "gone", data=b"x")
+    await store.delete("gone")
+    with pytest.raises(errors.StreamNotFound):
+        await store.read_last("gone")
+    await create(store, "src", data=b"kept")
+    await create(store, "fork", fork_from="src")
+    await store.delete("src")
+    with pytest.raises(errors.StreamSoftDeleted):
+        await store.read_last("src")
+    assert (await last(store, "fork")).data == b"kept"  # still there for the fork
+
+
+async def test_read_last_renews_a_sliding_ttl(store, clock):
+    await create(store, "s", ttl=10, data=b"x")
+    clock.advance(8)
+    assert (await store.read_last("s")).data == b"x"
+    clock.advance(8)
+    assert await store.has("s")
+    clock.advance(2)
+    assert not await store.has("s")
+    with pytest.raises(errors.StreamNotFound):
+        await store.read_last("s")
+
+
+async def test_read_last_takes_one_record_not_the_history(store, monkeypatch):
+    """Behaviour, not time: it takes no plain read and at most the one
+    record it answers with from storage (the shared stores may have it in
+    their record cache and take none)."""
+    await create(store, "s", content_type=JSON)
+    for i in range(60):
+        await append(store, "s", b"[%d, %d]" % (i, -i))
+    at = (await store.get("s")).next_offset
+    await append(store, "s", b'["end"]')
+    await store.close_stream("s")
+
+    async def no_plain_reads(*args, **kwargs):
+        raise AssertionError("read_last paged through the stream")
+    monkeypatch.setattr(store, "read", no_plain_reads)
+    seen = count_record_reads(store, monkeypatch)
+    r = await store.read_last("s")
+    assert (r.data, r.offset, r.closed) == (b'"end"', at, True)
+    assert seen in ([], [at])
+
+
+async def test_read_last_sees_only_what_readers_may_see(store, monkeypatch):
+    """Under ``always`` durability readers see a log up to its durable end
+    only: appends on their way to disk are not the last message yet."""
+    if not isinstance(store, BaseStreamStore):
+        pytest.skip("the shared stores commit an append with its record")
+    await create(store, "s", content_type=TEXT, data=b"a")
+    b_at = (await store.get("s")).next_offset
+    seen_end = (await append(store, "s", b"b")).next_offset
+    monkeypatch.setattr(store, "_visible_end", lambda s: seen_end)  # "b" is durable, no more
+    for data in (b"c", b"d", b"e"):
+        await append(store, "s", data)
+    r = await last(store, "s")
+    assert (r.data, r.offset, r.next_offset) == (b"b", b_at, seen_end)
+    monkeypatch.undo()
+    assert (await last(store, "s")).data == b"e"
+
+
+async def test_read_last_of_rows_written_before_it_was_kept(store, monkeypatch):
+    """A shared store's rows from before ``last_msg`` existed: read_last
+    finds the last message by reading the records, until an append sets it."""
+    if isinstance(store, BaseStreamStore):
+        pytest.skip("the in-process stores' equivalent is an old snapshot (restart tests)")
+    from unbroken_engine.shared import Row
+
+    def old_to_dict(row, _new=Row.to_dict):
+        d = _new(row)
+        del d["lm"]
+        return d
+    monkeypatch.setattr(Row, "to_dict", old_to_dict)
+    await create(store, "s", content_type=JSON, data=b"[1, 2]")
+    at = (await store.get("s")).next_offset
+    await append(store, "s", b"[3, 4]")
+    await store.close_stream("s")
+    await create(store, "e", content_type=TEXT)
+    monkeypatch.undo()
+    r = await last(store, "s")
+    assert (r.data, r.offset, r.closed) == (b"4", at, True)
+    assert (await last(store, "e")).found is False
+    await create(store, "t", content_type=TEXT, data=b"old")
+    monkeypatch.setattr(Row, "to_dict", old_to_dict)
+    await append(store, "t", b"older")
+    monkeypatch.undo()
+    at = (await store.get("t")).next_offset
+    await append(store, "t", b"new")  # written now: the row says where
+    seen = count_record_reads(store, monkeypatch)
+    r = await store.read_last("t")
+    assert (r.data, r.offset) == (b"new", at) and seen in ([], [at])
+
+
+# ======================================================================================
 # Restart (file-backed store only)
 # ======================================================================================
 
@@ -2718,3 +2964,103 @@ async def test_restart_keeps_lookalike_paths_apart(open_file_store):
         assert s.recovery.streams == len(LOOKALIKE_PATHS) and not s.recovery.corrupt
         for i, path in enumerate(LOOKALIKE_PATHS):
             assert await body(s, path) == str(i).encode()
+
+
+async def _last_messages(s, paths):
+    return {p: await s.read_last(p) for p in paths}
+
+
+def _snapshots(tmp_path):
+    return sorted((tmp_path / "data").glob("*/" + SNAPSHOT_NAME))
+
+
+LAST_PATHS = ("bin", "js", "closed", "fork", "sub", "empty")
+
+
+async def _write_last_fixture(s):
+    await create(s, "bin", content_type=TEXT, data=b"one")
+    for i in range(20):
+        await append(s, "bin", b"two %d" % i)
+    await create(s, "js", content_type=JSON, data=b"[1]")
+    await append(s, "js", b'[2, {"three": 3}]')
+    await create(s, "closed", content_type=TEXT, data=b"x")
+    await append(s, "closed", b"last", close=True)
+    await create(s, "fork", fork_from="bin", fork_offset=0)  # empty at "one"'s start
+    await create(s, "sub", fork_from="js", fork_offset=0, fork_sub_offset=1)
+    await create(s, "empty")
+
+
+async def test_restart_keeps_the_last_message(open_file_store, tmp_path, monkeypatch):
+    """From the snapshot written at shutdown, then from a full replay."""
+    async with open_file_store() as s:
+        await _write_last_fixture(s)
+        before = await _last_messages(s, LAST_PATHS)
+    assert before["bin"].data == b"two 19" and before["js"].data == b'{"three": 3}'
+    assert before["fork"].found is False and before["sub"].data == b"1"
+    assert _snapshots(tmp_path)
+    async with open_file_store() as s:
+        seen = count_record_reads(s, monkeypatch)
+        assert await _last_messages(s, LAST_PATHS) == before
+        assert seen == [before[p].offset for p in ("bin", "js", "closed", "sub")]
+        monkeypatch.undo()
+    for snap in _snapshots(tmp_path):
+        snap.unlink()  # no snapshot: every record is replayed
+    async with open_file_store() as s:
+        assert await _last_messages(s, LAST_PATHS) == before
+        await append(s, "bin", b"after")
+        assert (await last(s, "bin")).data == b"after"
+
+
+async def test_restart_from_a_snapshot_without_the_last_message(open_file_store, tmp_path,
+                                                                monkeypatch):
+    """A snapshot written before read_last existed lacks ``last_msg``: the
+    first read_last of such a stream scans its log once, later ones do not."""
+    async with open_file_store() as s:
+        await _write_last_fixture(s)
+        before = await _last_messages(s, LAST_PATHS)
+    for snap in _snapshots(tmp_path):
+        state = msgpack.unpackb(snap.read_bytes())
+        assert "last_msg" in state
+        del state["last_msg"]
+        snap.write_bytes(msgpack.packb(state))
+    async with open_file_store() as s:
+        seen = count_record_reads(s, monkeypatch)
+        assert (await s.read_last("bin")) == before["bin"]
+        assert len(seen) > 20  # the scan: every record of "bin", once
+        seen.clear()
+        assert (await s.read_last("bin")) == before["bin"]
+        assert seen == [before["bin"].offset]
+        # an append before the first read_last: still right
+        at = (await s.get("js")).next_offset
+        await append(s, "js", b'"new"')
+        r = await s.read_last("js")
+        assert (r.data, r.offset) == (b'"new"', at)
+        monkeypatch.undo()
+        assert await _last_messages(s, ("closed", "fork", "sub", "empty")) == {
+            p: before[p] for p in ("closed", "fork", "sub", "empty")}
+
+
+async def test_a_periodic_snapshot_keeps_the_last_message(tmp_path, monkeypatch, clock):
+    """A snapshot written every SNAPSHOT_EVERY appends (no clean shutdown):
+    a store opened from it knows the last message without a scan."""
+    monkeypatch.setattr(FileBackedStreamStore, "SNAPSHOT_EVERY", 3)
+    config = _file_config(Durability.ALWAYS)
+    first = FileBackedStreamStore(tmp_path / "data", config, clock=clock)
+    await create(first, "s", content_type=TEXT)
+    starts = []
+    for i in range(7):
+        starts.append((await first.get("s")).next_offset)
+        await append(first, "s", b"m%d" % i)
+    (snap,) = _snapshots(tmp_path)
+    state = msgpack.unpackb(snap.read_bytes())
+    assert state["offset"] == starts[6] and state["last_msg"] == starts[5]
+    again = FileBackedStreamStore(tmp_path / "data", config, clock=clock)  # no aclose: a crash
+    try:
+        seen = count_record_reads(again, monkeypatch)
+        r = await again.read_last("s")
+        assert (r.data, r.offset) == (b"m6", starts[6])
+        assert seen == [starts[6]]
+    finally:
+        monkeypatch.undo()
+        await again.aclose()
+        await first.aclose()

@@ -380,6 +380,104 @@ async def test_unknown_query_parameters_are_ignored(ctx, call):
     assert r.status == 200 and r.body == b"data"
 
 
+# ---- extension: GET ?last=true (docs/protocol-choices.md) ---------------------------------------------
+
+def assert_last(resp, tail):
+    """The headers every ``last=true`` answer carries."""
+    assert resp.status == 200, resp.body
+    assert resp.headers["stream-read"] == "last"
+    assert resp.headers["stream-up-to-date"] == "true"
+    assert resp.headers["stream-next-offset"] == tail
+    assert resp.headers["cache-control"] == "no-store"
+    assert "stream-read" in resp.headers["access-control-expose-headers"].lower()
+    assert "stream-last-offset" in resp.headers["access-control-expose-headers"].lower()
+    assert "etag" not in resp.headers and "content-encoding" not in resp.headers
+    assert_b2(resp)
+
+
+async def test_get_last_of_a_bytes_stream(ctx, call):
+    await call(ctx, "PUT", S + "lb", TEXT)
+    r = await call(ctx, "GET", S + "lb?last=true")
+    assert_last(r, format_offset(0))
+    assert r.body == b"" and "stream-last-offset" not in r.headers
+    assert r.headers["content-type"] == "text/plain"
+    first = await call(ctx, "POST", S + "lb", TEXT, b"one")
+    second = await call(ctx, "POST", S + "lb", TEXT, b"two" * 400)  # not gzipped either
+    for query in ("last=true", "offset=-1&last=true", "last=true&offset=-1"):
+        r = await call(ctx, "GET", S + "lb?" + query, {"accept-encoding": "gzip"})
+        assert_last(r, second.headers["stream-next-offset"])
+        assert r.body == b"two" * 400
+        assert r.headers["stream-last-offset"] == first.headers["stream-next-offset"]
+        assert "stream-closed" not in r.headers
+    # the offset it names is where that append can be read from
+    g = await call(ctx, "GET", S + "lb?offset=" + r.headers["stream-last-offset"])
+    assert g.body == b"two" * 400
+
+
+async def test_get_last_of_a_json_stream_is_one_value(ctx, call):
+    await call(ctx, "PUT", S + "lj", JSON)
+    r = await call(ctx, "GET", S + "lj?last=true")
+    assert_last(r, format_offset(0))
+    assert r.body == b"[]" and "stream-last-offset" not in r.headers
+    assert r.headers["content-type"] == "application/json"
+    before = await call(ctx, "POST", S + "lj", JSON, b'[{"n": 1}, {"n": 2}]')
+    after = await call(ctx, "POST", S + "lj", JSON, b'[{"n": 3}, {"n": 4}, {"n": 5}]')
+    r = await call(ctx, "GET", S + "lj?last=true")
+    assert_last(r, after.headers["stream-next-offset"])
+    assert r.body == b'[{"n": 5}]' and r.json() == [{"n": 5}]
+    assert r.headers["stream-last-offset"] == before.headers["stream-next-offset"]
+
+
+async def test_get_last_of_a_closed_stream_and_of_a_fork(ctx, call):
+    await call(ctx, "PUT", S + "lc", TEXT, b"only")
+    closed = await call(ctx, "POST", S + "lc", {"stream-closed": "true"})
+    r = await call(ctx, "GET", S + "lc?last=true")
+    assert_last(r, closed.headers["stream-next-offset"])
+    assert r.body == b"only" and r.headers["stream-closed"] == "true"
+    assert r.headers["stream-last-offset"] == format_offset(0)
+    await call(ctx, "PUT", S + "lf", {"stream-forked-from": S + "lc"})
+    r = await call(ctx, "GET", S + "lf?last=true")
+    assert_last(r, closed.headers["stream-next-offset"])
+    assert r.body == b"only" and r.headers["stream-last-offset"] == format_offset(0)
+
+
+@pytest.mark.parametrize("query", [
+    "last=false", "last=TRUE", "last=1", "last=", "last", "last=true&last=true",
+    "last=true&live=sse", "last=true&live=long-poll", "last=true&live=",
+    "last=true&offset=now", "last=true&offset=" + format_offset(0), "last=true&offset=",
+    "last=true&offset=garbage", "last=true&offset=-1&offset=-1"])
+async def test_get_last_bad_queries_400_but_404_first(ctx, call, query):
+    await call(ctx, "PUT", S + "lq", TEXT, b"data")
+    r = await call(ctx, "GET", S + "lq?" + query)
+    assert r.status == 400, (query, r.status, r.body)
+    assert b"last" in r.body or b"offset" in r.body, r.body
+    assert "stream-read" not in r.headers
+    assert_b2(r)
+    assert (await call(ctx, "GET", S + "missing?" + query)).status == 404
+
+
+async def test_get_last_of_missing_and_soft_deleted_streams(ctx, call):
+    r = await call(ctx, "GET", S + "nothing?last=true")
+    assert r.status == 404 and "stream-read" not in r.headers
+    await call(ctx, "PUT", S + "lsrc", TEXT, b"x")
+    await call(ctx, "PUT", S + "lchild", {"stream-forked-from": S + "lsrc"})
+    await call(ctx, "DELETE", S + "lsrc")
+    assert (await call(ctx, "GET", S + "lsrc?last=true")).status == 410
+
+
+async def test_get_without_last_is_unchanged(ctx, call):
+    """No ``last`` parameter: an ordinary read from the start, no marker.
+    Look-alike parameters are unknown parameters, ignored as before."""
+    await call(ctx, "PUT", S + "ln", TEXT, b"one")
+    await call(ctx, "POST", S + "ln", TEXT, b"two")
+    plain = await call(ctx, "GET", S + "ln?offset=-1")
+    for query in ("offset=-1", "offset=-1&Last=true", "offset=-1&lastx=true"):
+        r = await call(ctx, "GET", S + "ln?" + query)
+        assert r.status == 200 and r.body == b"onetwo", query
+        assert "stream-read" not in r.headers and "stream-last-offset" not in r.headers
+        assert r.header_list == plain.header_list, query
+
+
 # ---- B6: HEAD, B7: DELETE ------------------------------------------------------------------------------
 
 async def test_head_reports_metadata_and_ttl(ctx, call):
