@@ -46,6 +46,7 @@ from .store import (
     AppendResult,
     CreateOptions,
     CreateResult,
+    LastMessage,
     Producer,
     StreamMeta,
     StreamStore,
@@ -61,7 +62,7 @@ __all__ = [
     "SegmentedLog", "MAX_PAYLOAD", "json_flatten", "json_validate", "__version__",
     "DEFAULT_DATA_DIR", "FileBackedStreamStore", "MemoryStreamStore", "NOW", "START",
     "format_offset", "parse_offset", "ProducerOutcome", "AppendOptions", "AppendResult",
-    "CreateOptions", "CreateResult", "Producer", "StreamMeta", "StreamStore", "SyncStreamStore",
+    "CreateOptions", "CreateResult", "LastMessage", "Producer", "StreamMeta", "StreamStore", "SyncStreamStore",
     "RedisStreamStore", "PostgresStreamStore", "open_store",
 ]
 

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -440,7 +441,7 @@ class HttpTransport(Transport):
             values: list = []
             start = offset
             event, data = None, []
-            async with contextlib.aclosing(r.aiter_lines()) as lines:
+            async with contextlib.aclosing(_sse_lines(r.aiter_bytes())) as lines:
                 async for line in lines:
                     if line:
                         if line.startswith(":"):
@@ -472,6 +473,27 @@ class HttpTransport(Transport):
     async def aclose(self) -> None:
         if self._owns:
             await self.client.aclose()
+
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+async def _sse_lines(chunks):
+    """The lines of an SSE body. SSE ends lines at CRLF, CR or LF only --
+    not at U+2028, U+2029 or U+0085, which JSON leaves unescaped and
+    ``str.splitlines`` (so httpx's ``aiter_lines``) would also cut at."""
+    pending = b""
+    after_cr = False  # the last chunk ended with CR: an LF first in the next is its pair
+    async for chunk in chunks:
+        if after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        after_cr = chunk.endswith(b"\r")
+        lines = _EOL.split(pending + chunk)
+        pending = lines.pop()  # the unfinished line (b"" after a line end)
+        for line in lines:
+            yield line.decode("utf-8")
+    if pending:
+        yield pending.decode("utf-8")
 
 
 class _Retryable(Exception):
