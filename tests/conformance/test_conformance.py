@@ -14,22 +14,20 @@ package.json / package-lock.json beside this file) with vitest, and asserts:
 Needs node >= 18 and npm; skipped without them. The npm packages are installed
 once per session with ``npm ci`` into tests/conformance/node_modules unless
 they are already there at the pinned versions (registry access needed then);
-UNBROKEN_CONFORMANCE_SKIP_INSTALL=1 skips that step.
+UNBROKEN_CONFORMANCE_SKIP_INSTALL=1 skips that step. (That is the
+``node_toolchain`` fixture of tests/conftest.py.)
 
 Run it:  pytest tests/conformance        (or: pytest -m conformance)
 """
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -41,12 +39,9 @@ pytestmark = pytest.mark.conformance
 
 HERE = Path(__file__).resolve().parent
 NODE_MODULES = HERE / "node_modules"
-PINNED = {"@durable-streams/server-conformance-tests": "0.3.6", "vitest": "4.1.12"}
-MIN_NODE = 18
 EXPECTED_TOTAL = 338  # tests in the suite at 0.3.6
 EXPECTED_RUN = 332  # all but the 6 "Reserved subscription APIs" tests
 
-INSTALL_TIMEOUT = 900  # s, npm ci
 STARTUP_TIMEOUT = 60  # s, until the server prints where it listens
 SUITE_TIMEOUT = 1800  # s, one vitest run (about a minute normally)
 SHUTDOWN_TIMEOUT = 15  # s, SIGTERM to exit
@@ -56,89 +51,9 @@ SERVING = re.compile(r"unbroken: serving (http://\S+?)/v1/stream/")
 
 
 # --------------------------------------------------------------------------- node / npm
-
-
-def _node_major(node: str) -> int | None:
-    try:
-        out = subprocess.run([node, "--version"], capture_output=True, text=True,
-                             timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.match(r"v?(\d+)\.", out)
-    return int(m.group(1)) if m else None
-
-
-def _installed_version(package: str) -> str | None:
-    try:
-        meta = json.loads((NODE_MODULES / package / "package.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta.get("version")
-
-
-def _pinned_installed() -> bool:
-    return (all(_installed_version(p) == v for p, v in PINNED.items())
-            and (NODE_MODULES / ".bin" / "vitest").exists())
-
-
-class _InstallLock:
-    """Serialises ``npm ci`` between concurrent pytest processes on this tree."""
-
-    def __init__(self):
-        digest = hashlib.sha1(str(HERE).encode()).hexdigest()[:16]
-        self.path = Path(tempfile.gettempdir()) / f"unbroken-conformance-{digest}.lock"
-        self.fd = None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            return self
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)  # releases the lock
-
-
-@pytest.fixture(scope="session")
-def node_toolchain():
-    """``(node, seconds npm ci took or None)``; skips without node/npm >= 18."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("conformance suite needs node and npm on PATH "
-                    f"(node: {node or 'missing'}, npm: {npm or 'missing'})")
-    major = _node_major(node)
-    if major is None or major < MIN_NODE:
-        pytest.skip(f"conformance suite needs node >= {MIN_NODE}; {node} is "
-                    f"{'of unknown version' if major is None else f'version {major}'}")
-
-    install_seconds = None
-    if os.environ.get("UNBROKEN_CONFORMANCE_SKIP_INSTALL") == "1":
-        if not _pinned_installed():
-            pytest.fail("UNBROKEN_CONFORMANCE_SKIP_INSTALL=1 but "
-                        f"{NODE_MODULES} does not hold {PINNED}; run `npm ci` in {HERE}",
-                        pytrace=False)
-        return node, install_seconds
-    with _InstallLock():
-        if not _pinned_installed():
-            t0 = time.monotonic()
-            try:
-                proc = subprocess.run(
-                    [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                    cwd=HERE, capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
-                    stdin=subprocess.DEVNULL)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"`npm ci` in {HERE} did not finish in {INSTALL_TIMEOUT} s",
-                            pytrace=False)
-            install_seconds = time.monotonic() - t0
-            if proc.returncode != 0 or not _pinned_installed():
-                pytest.fail(f"`npm ci` in {HERE} failed (exit {proc.returncode}):\n"
-                            + _tail(proc.stdout + proc.stderr), pytrace=False)
-            print(f"\n[conformance] npm ci: {install_seconds:.1f} s")
-    return node, install_seconds
+#
+# The ``node_toolchain`` fixture (tests/conftest.py, shared with the other
+# node tests) skips without node/npm and runs ``npm ci`` here when needed.
 
 
 # --------------------------------------------------------------------------- the server
