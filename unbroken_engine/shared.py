@@ -814,13 +814,19 @@ class SharedStreamStore(StreamStore):
 
     # ---- reads ---------------------------------------------------------------------------
 
-    async def read(self, path: str, offset=None, max_bytes: int = DEFAULT_READ_CHUNK) -> ReadResult:
+    async def _row_to_read(self, path: str) -> Row:
+        """The row a read serves (the one a wake-up just loaded, if any),
+        its sliding TTL renewed."""
         self._check_open()
         now = self._now()
         row = self._woken_row(path)
         if row is None:
             row = await self._served(path, now)
         await self._touch(row, now)
+        return row
+
+    async def read(self, path: str, offset=None, max_bytes: int = DEFAULT_READ_CHUNK) -> ReadResult:
+        row = await self._row_to_read(path)
         tail = row.tail
         closed = row.closed_at is not None
         if offset is NOW:
@@ -838,12 +844,7 @@ class SharedStreamStore(StreamStore):
         return ReadResult(data, nxt, up_to_date, up_to_date and closed, row.content_type)
 
     async def read_last(self, path: str) -> LastMessage:
-        self._check_open()
-        now = self._now()
-        row = self._woken_row(path)
-        if row is None:
-            row = await self._served(path, now)
-        await self._touch(row, now)
+        row = await self._row_to_read(path)
         closed = row.closed_at is not None
         found = None
         if row.last_msg is not None:  # the row says where: one record

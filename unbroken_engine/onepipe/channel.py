@@ -19,7 +19,6 @@ the old one in ``replay_of``. Both records are written exactly once
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import time
 import uuid
@@ -29,6 +28,7 @@ from typing import Any, Callable
 from .errors import CallFailed, OnePipeError, SchemaError, Unavailable
 from .flow import _runtime, _Writer, check_name
 from .runtime import Runtime
+from .schema import check_json
 from .transport import Transport
 
 log = logging.getLogger("unbroken.onepipe")
@@ -63,14 +63,6 @@ class CallRecord:
     replay_of: str | None = None
     offset: str | None = None
     extra: dict = field(default_factory=dict, repr=False)
-
-
-def _check_json(value, what: str):
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise SchemaError(f"{what} must be JSON: {exc}") from None
-    return value
 
 
 class Channel:
@@ -112,8 +104,8 @@ class Channel:
         if self._handler is None:
             raise OnePipeError(f"channel {self.name!r} has no handler: set one with "
                                f".handler(fn)")
-        _check_json(args, f"channel {self.name!r}: positional arguments")
-        _check_json(kwargs, f"channel {self.name!r}: keyword arguments")
+        check_json(args, f"channel {self.name!r}: positional arguments")
+        check_json(kwargs, f"channel {self.name!r}: keyword arguments")
         cid = uuid.uuid4().hex
         record = {"kind": "call", "id": cid, "args": args, "kwargs": kwargs, "caller": caller,
                   "at": time.time()}
@@ -133,7 +125,7 @@ class Channel:
         else:
             outcome: dict = {"ok": True, "result": result}
             try:
-                _check_json(result, "result")
+                check_json(result, "result")
             except SchemaError:
                 outcome = {"ok": True, "result": None, "result_repr": repr(result)[:2000]}
             await self._finish(cid, started, outcome)

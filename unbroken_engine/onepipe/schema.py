@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from .errors import SchemaError
 
-__all__ = ["Schema"]
+__all__ = ["Schema", "check_json"]
 
 
 def _is_typeddict(spec) -> bool:
@@ -43,8 +43,9 @@ def _is_pydantic(spec) -> bool:
         and hasattr(spec, "model_dump")
 
 
-def _jsonable(value, what: str) -> Any:
-    """``value`` if it survives a JSON round trip unchanged in kind, else SchemaError."""
+def check_json(value, what: str) -> Any:
+    """``value`` if it can be written as JSON (no NaN or infinity), else
+    :class:`SchemaError` naming ``what``."""
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -97,7 +98,7 @@ class Schema:
         except Exception as exc:  # noqa: BLE001 - a validator's own error, reported as such
             raise SchemaError(f"{what} rejected by schema {self.name}: "
                               f"{type(exc).__name__}: {exc}") from exc
-        return _jsonable(out, what)
+        return check_json(out, what)
 
     def decode(self, value, what: str = "stored value") -> Any:
         """The Python object for a stored JSON value.
