@@ -758,3 +758,18 @@ async def test_a_db_flow_lives_in_postgres_and_is_shared_live(database_url, tmp_
     finally:
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as c:
             await c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.parametrize("how", ["inprocess", "embedded"])
+async def test_the_runtime_runs_on_trio_too(how, tmp_path):
+    async with runtime_for(how, tmp_path, None) as rt:
+        flow = await Flow.create("orders").schema(Order).build(rt)
+        await flow.append(Order(1, "a@example.com", 1.0))
+        await flow.close()
+        assert [o.id async for _, o in flow.subscribe()] == [1]
+        flag = await Signal.create("flag", default=0).build(rt)
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(flag.update, lambda n: n + 1)
+        assert await flag.get() == 5

@@ -331,8 +331,11 @@ class HttpTransport(Transport):
     def _fail(self, r, path: str):
         """The onepipe error for an unsuccessful response."""
         text = r.text.strip()[:300]
-        if r.status_code in (404, 410):
-            return NotFound(f"stream {path!r} does not exist ({r.status_code} {text})")
+        if r.status_code == 404:
+            return NotFound(f"stream {path!r} does not exist ({text})")
+        if r.status_code == 410:
+            return NotFound(f"stream {path!r}: gone (deleted, or the offset is before the "
+                            f"data it retains): {text}")
         if r.status_code == 409 and r.headers.get("stream-closed", "").lower() == "true":
             return StreamClosed(f"stream {path!r} is closed")
         if r.status_code == 403 or "producer-expected-seq" in r.headers:
