@@ -773,3 +773,26 @@ async def test_the_runtime_runs_on_trio_too(how, tmp_path):
             for _ in range(5):
                 tg.start_soon(flag.update, lambda n: n + 1)
         assert await flag.get() == 5
+
+
+@pytest.mark.parametrize("given,streams", [
+    ("http://h:1", "http://h:1/v1/stream"),
+    ("http://h:1/", "http://h:1/v1/stream"),
+    ("http://h:1/v1/stream", "http://h:1/v1/stream"),
+    ("http://gw/streams/", "http://gw/streams"),   # a path: the streams' base, as given
+])
+async def test_where_the_http_transport_finds_streams(given, streams):
+    t = HttpTransport(given)
+    try:
+        assert t.streams_url == streams
+        assert t.url("flows/a b") == streams + "/flows/a%20b"
+    finally:
+        await t.aclose()
+
+
+def test_a_float_field_read_back_as_an_integer_is_a_float_again():
+    schema = Schema.of(Order)
+    order = schema.decode({"id": 1, "email": "e", "total": 9})  # a JS server wrote 9.0 as 9
+    assert order == Order(1, "e", 9.0) and type(order.total) is float
+    with pytest.raises(SchemaError, match="expected an object"):
+        schema.decode([1, "e", 9.0])

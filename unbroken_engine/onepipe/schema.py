@@ -74,7 +74,7 @@ class Schema:
             return spec
         name = getattr(spec, "__qualname__", None) or repr(spec)
         if dataclasses.is_dataclass(spec) and isinstance(spec, type):
-            return cls(_dataclass_encoder(spec), lambda v: spec(**v), name)
+            return cls(_dataclass_encoder(spec), _dataclass_decoder(spec), name)
         if _is_pydantic(spec):
             return cls(lambda v: spec.model_validate(v).model_dump(mode="json"),
                        spec.model_validate, name)
@@ -147,6 +147,23 @@ def _dataclass_encoder(spec):
         _check_types(spec, hints, fields, "field")
         return dataclasses.asdict(v)
     return encode
+
+
+def _dataclass_decoder(spec):
+    """Stored dict -> instance. A JSON number written as ``9.0`` may come
+    back as ``9`` (JavaScript servers re-serialise numbers), so an int
+    becomes a float where the field is annotated ``float``."""
+    hints = typing.get_type_hints(spec)
+    floats = {f.name for f in dataclasses.fields(spec) if hints.get(f.name) is float}
+
+    def decode(v):
+        if not isinstance(v, dict):
+            raise SchemaError(f"expected an object for {spec.__qualname__}, "
+                              f"got {type(v).__name__}")
+        if floats:
+            v = {k: float(x) if k in floats and type(x) is int else x for k, x in v.items()}
+        return spec(**v)
+    return decode
 
 
 def _typeddict_checker(spec):

@@ -67,7 +67,8 @@ class Last:
     """A stream's latest message (:meth:`Transport.read_last`).
 
     :ivar found: False when the stream holds no message yet
-    :ivar offset: where the record holding it starts (None when not found)
+    :ivar offset: where the record holding it starts -- or, from a server
+        without the extension, an offset at or before it (None when not found)
     """
 
     found: bool
@@ -259,16 +260,19 @@ class LocalTransport(Transport):
             await self.store.aclose()
 
 
-async def _scan_last(t: Transport, path: str) -> Last:
-    """The latest message by reading everything (servers without the extension)."""
-    offset, last = START, None
+async def _scan_last(t: Transport, path: str, first: Batch | None = None) -> Last:
+    """The latest message by reading everything (servers without the
+    extension), starting with ``first``, a read from the start already made."""
+    offset, last, b = START, None, first
     while True:
-        b = await t.read(path, offset)
+        if b is None:
+            b = await t.read(path, offset)
         if b.values:
             last = (b.values[-1], b.start)
         offset = b.next_offset
         if b.up_to_date:
             break
+        b = None
     if last is None:
         return Last(False, None, None, offset, b.closed)
     return Last(True, last[0], last[1], offset, b.closed)
@@ -279,8 +283,10 @@ async def _scan_last(t: Transport, path: str) -> Last:
 class HttpTransport(Transport):
     """The Durable Streams protocol over httpx, to any conforming server.
 
-    :param base_url: the server (``http://host:port``); streams are under
-        ``/v1/stream/`` unless the URL already ends with it
+    :param base_url: the server: ``http://host:port`` (streams under
+        ``/v1/stream/``, Unbroken's layout), or a URL with a path, taken as
+        the streams' base as it is (``http://gw/streams`` → ``/streams/{path}``;
+        the protocol prescribes no layout)
     :param client: an ``httpx.AsyncClient`` to use (not closed by :meth:`aclose`)
     """
 
@@ -293,7 +299,8 @@ class HttpTransport(Transport):
         self._httpx = httpx
         base = base_url.rstrip("/")
         self.base_url = base
-        self.streams_url = base if base.endswith("/v1/stream") else base + "/v1/stream"
+        has_path = bool(httpx.URL(base).path.strip("/"))
+        self.streams_url = base if has_path else base + "/v1/stream"
         self._owns = client is None
         self.client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=5.0),
@@ -362,8 +369,12 @@ class HttpTransport(Transport):
                             "Producer-Seq": str(producer.seq)})
         r = await self._request("POST", path, headers=headers, content=_encode(values))
         if r.status_code in (200, 204):
-            return Ack(r.headers.get("stream-next-offset", ""),
-                       producer is not None and r.status_code == 204)
+            nxt = r.headers.get("stream-next-offset")
+            if nxt is None:
+                # Some servers leave it out of a duplicate's answer (the
+                # reference server does); the tail is at or after the data.
+                nxt = (await self.read(path, "now")).next_offset
+            return Ack(nxt, producer is not None and r.status_code == 204)
         raise self._fail(r, path)
 
     async def close(self, path: str) -> None:
@@ -389,7 +400,9 @@ class HttpTransport(Transport):
         if r.status_code != 200:
             raise self._fail(r, path)
         if r.headers.get("stream-read", "").lower() != "last":
-            return await _scan_last(self, path)  # a server without the extension
+            # A server without the extension ignored the parameter and sent
+            # an ordinary read from the start: go on reading from there.
+            return await _scan_last(self, path, self._batch(r, START))
         values = json.loads(r.content) if r.content else []
         closed = r.headers.get("stream-closed", "").lower() == "true"
         nxt = r.headers["stream-next-offset"]
