@@ -511,7 +511,7 @@ async def test_a_call_that_crashed_half_way_is_visible_and_can_be_replayed(
     else:
         args = ["remote", rt.url]
     done = await anyio.run_process([sys.executable, "-c", CRASHER, *args, channel],
-                                   check=False, env=_env())
+                                   check=False, env=_env(), cwd=tmp_path)  # not the source tree
     assert done.returncode == 3, done.stderr.decode()
     assert b"handler started" in done.stdout
     rt2 = runtime_for(mode, tmp_path, request.getfixturevalue("external")
