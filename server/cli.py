@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "instances on one Redis, PostgreSQL): appends/s and SSE latency",
         description=stores_bench.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter))
+    from unbroken_benches import onepipe as onepipe_bench
+
+    onepipe_bench.add_arguments(bench_sub.add_parser(
+        "onepipe", help="the OnePipe layer (Flow, Signal) in each mode of connect(), "
+                        "each figure beside a baseline without it",
+        description=onepipe_bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
     from . import operator as operator_tools
 
     operator_tools.add_verify_arguments(sub.add_parser(
@@ -288,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         from unbroken_benches import stores as stores_bench
 
         return stores_bench.run(args)
+    if args.command == "bench" and args.target == "onepipe":
+        from unbroken_benches import onepipe as onepipe_bench
+
+        return onepipe_bench.run(args)
     if args.command in ("verify", "inspect"):
         from . import operator as operator_tools
 
