@@ -374,14 +374,24 @@ async def test_signal_default_set_get_and_history(rt):
     assert await same.get() == [1, 2]
 
 
+def second_runtime(rt: Runtime) -> Runtime:
+    """Another runtime on the same streams (its own transport, so its
+    updates race the first one's as another process's would)."""
+    if rt.mode == "inprocess":
+        return connect(store=rt.transport.store, environ={})
+    return connect("remote", url=rt.url, environ={})
+
+
 async def test_signal_update_applies_every_concurrent_change_once(rt):
-    a = await Signal.create(name("counter"), default=0).build(rt)
-    b = await Signal.create(a.name, default=0).build(rt)
-    async with anyio.create_task_group() as tg:
-        for i in range(40):
-            tg.start_soon((a if i % 2 else b).update, lambda n: n + 1)
-    assert await a.get() == 40
-    assert [s.version for s in await a.history()] == list(range(1, 41))
+    async with second_runtime(rt) as other:
+        a = await Signal.create(name("counter"), default=0).build(rt)
+        b = await Signal.create(a.name, default=0).build(other)
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon((a if i % 2 else b).update, lambda n: n + 1)
+        assert await a.get() == 40
+        assert [s.version for s in await a.history()] == list(range(1, 41))
+        assert {s.by for s in await a.history()} == {rt.instance, other.instance}
 
 
 async def test_signal_update_with_an_async_function_and_a_schema(rt):

@@ -23,6 +23,7 @@ import inspect
 import random
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Generic, TypeVar
 
@@ -39,6 +40,18 @@ __all__ = ["Signal", "SignalBuilder", "SignalState"]
 T = TypeVar("T")
 #: width of the zero-padded version in ``Stream-Seq``
 SEQ_WIDTH = 20
+
+#: per transport, per signal path: the lock that queues this process's updates
+_UPDATE_LOCKS: "weakref.WeakKeyDictionary[Transport, dict[str, anyio.Lock]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _update_lock(transport: Transport, path: str) -> anyio.Lock:
+    locks = _UPDATE_LOCKS.setdefault(transport, {})
+    lock = locks.get(path)
+    if lock is None:
+        lock = locks[path] = anyio.Lock()
+    return lock
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,13 @@ class Signal(Generic[T]):
         :raises Unavailable: the server stayed unreachable (the write may or
             may not have happened; :meth:`state` tells)
         """
+        # Updates from this process (any Signal object on this runtime) take
+        # turns: racing each other they would only conflict and retry; the
+        # optimistic check still settles races with other processes.
+        async with _update_lock(self.transport, self.path):
+            return await self._update(fn, retry_for)
+
+    async def _update(self, fn, retry_for: float | None):
         deadline = time.monotonic() + (self._retry_for if retry_for is None else retry_for)
         wid = uuid.uuid4().hex
         pause = 0.001
