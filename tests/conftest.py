@@ -130,11 +130,11 @@ def node_toolchain():
     """
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.skip("the node tests (conformance suite, TypeScript client interop) need "
+        pytest.skip("the node tests (conformance suite, TypeScript client and reference server interop) need "
                     f"node and npm on PATH (node: {node or 'missing'}, npm: {npm or 'missing'})")
     major = _node_major(node)
     if major is None or major < MIN_NODE:
-        pytest.skip(f"the node tests (conformance suite, TypeScript client interop) need "
+        pytest.skip(f"the node tests (conformance suite, TypeScript client and reference server interop) need "
                     f"node >= {MIN_NODE}; {node} is "
                     f"{'of unknown version' if major is None else f'version {major}'}")
 

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -559,20 +558,14 @@ def test_bench_starts_its_own_file_server(tmp_path, capsys):
     assert os.listdir(tmp_path) == []  # its data directory is removed
 
 
-def _reference_available() -> bool:
-    if shutil.which("node") is None:
-        return False
-    try:
-        hb.reference_entry(None)
-    except RuntimeError:
-        return False
-    return True
+#: the reference server pinned in the node tests' npm project (tests/conftest.py)
+PINNED_REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformance",
+                                "node_modules", "@durable-streams", "server")
 
 
-@pytest.mark.skipif(not _reference_available(),
-                    reason="node or @durable-streams/server is not installed")
-def test_tiny_run_against_the_reference(tmp_path, capsys):
-    argv = ["bench", "http", "--compare-reference", *TINY, "--dir", str(tmp_path)]
+def test_tiny_run_against_the_reference(tmp_path, capsys, node_toolchain):
+    argv = ["bench", "http", "--compare-reference", "--reference-module", PINNED_REFERENCE,
+            *TINY, "--dir", str(tmp_path)]
     assert cli.main(argv) == 0
     doc = json.loads(capsys.readouterr().out)
     check_document(doc, sides=("unbroken", "reference"))
