@@ -225,7 +225,11 @@ def serve_main(args) -> int:
         if args.segment_size is not None:
             config = LogConfig(segment_size=args.segment_size, durability=config.durability,
                                index_interval=min(config.index_interval, args.segment_size))
-        store = FileBackedStreamStore(args.data_dir, config)
+        try:
+            store = FileBackedStreamStore(args.data_dir, config)
+        except e.DataDirInUse as exc:
+            print(f"unbroken: cannot open the store: {exc}", file=sys.stderr)
+            return 1
         where = (f"file store in {os.path.abspath(args.data_dir)} "
                  f"(durability {args.durability}; {store.recovery.summary()})")
     else:

@@ -27,7 +27,7 @@ import pytest
 
 from unbroken_engine import _native as nat
 from unbroken_engine import layout
-from unbroken_engine.file_store import FileBackedStreamStore
+from unbroken_engine.file_store import FileBackedStreamStore, lock_data_dir
 from unbroken_engine.log import Durability, LogConfig
 from unbroken_engine.offsets import format_offset
 from unbroken_engine.store import AppendOptions, CreateOptions, Producer
@@ -298,6 +298,24 @@ def test_segments_that_do_not_line_up(data, capsys):
 
 
 # ---- repair ----------------------------------------------------------------------------------
+
+def test_repair_refuses_a_directory_a_store_has_open(data, capsys):
+    d, _ = data
+    events = segments(d, EVENTS_DIR)[-1]
+    os.truncate(events, record_positions(events)[-1] + 12)  # something to repair
+    before = events.read_bytes()
+    fd = lock_data_dir(d)  # what an open store (a running server) holds
+    try:
+        rc, out, err = run(capsys, "verify", d, "--repair")
+        assert rc != 0 and "is in use by another store" in err
+        assert events.read_bytes() == before  # nothing changed
+        rc, out, _ = run(capsys, "verify", d)  # a check alone still runs
+        assert rc == 0 and "torn tail" in out
+    finally:
+        os.close(fd)
+    rc, out, _ = run(capsys, "verify", d, "--repair")
+    assert rc == 0 and line_of(out, "events/json").startswith("REPAIRED ")
+
 
 def test_repair_cuts_torn_tails_and_rebuilds_indexes(data, capsys):
     d, ends = data

@@ -142,6 +142,23 @@ class BackendSchemaError(UnbrokenError):
     status_hint = 500
 
 
+class DataDirInUse(UnbrokenError, OSError):
+    """Another process (or another store in this one) has this data directory
+    open: two stores recovering and appending in one directory would cut
+    each other's unflushed tails."""
+
+    status_hint = 503
+
+    def __init__(self, data_dir: str, holder: str = ""):
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        super().__init__(f"data directory {data_dir} is in use by another store{who}: stop "
+                         f"it, or use another directory")
+        self.data_dir = data_dir
+
+    def __str__(self):  # OSError would format its args
+        return self.args[0]
+
+
 class MissingExtra(UnbrokenError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
 

@@ -8,6 +8,7 @@ Layout of a data directory (default ``.onepipe/streams/``)::
         00000000000000000000.seg   the stream's SegmentedLog
       .tmp-<id>/                   a stream being created (removed at open)
       .trash-<id>/                 a stream being removed (removed at open)
+      .lock                        flock'ed by the open store (its pid): one store per directory
 
 A stream is never half-created: its log (initial data included) and meta are
 written and synced in a temporary folder, which is then renamed into place and
@@ -46,6 +47,8 @@ from .streams import BaseStreamStore, Stream, _Requested
 log = logging.getLogger("unbroken")
 
 DEFAULT_DATA_DIR = ".onepipe/streams"
+#: the file a store holds an exclusive lock on while it has the directory open
+LOCK_NAME = ".lock"
 META_VERSION = 1
 SNAPSHOT_NAME = "state.snapshot"
 
@@ -69,7 +72,12 @@ class FileBackedStreamStore(BaseStreamStore):
         self._always = self.config.durability is Durability.ALWAYS
         self._damaged: dict[str, errors.UnbrokenError] = {}  # by stream path
         self._damaged_dirs: dict[str, errors.UnbrokenError] = {}  # by folder name
-        self.recovery = self._recover()
+        self._lock_fd = lock_data_dir(self.data_dir)
+        try:
+            self.recovery = self._recover()
+        except BaseException:
+            self._unlock()
+            raise
         log.info("unbroken: %s: %s", self.data_dir, self.recovery.summary())
 
     # ---- recovery -------------------------------------------------------------------
@@ -211,7 +219,15 @@ class FileBackedStreamStore(BaseStreamStore):
                         # must not stop the flush and close of every stream below
                         log.warning("unbroken: could not save the TTL renewal of %s: %s",
                                     s.path, exc)
-        await super().aclose()
+        try:
+            await super().aclose()
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     def _destroy(self, s: Stream) -> None:
         s.log.close()
@@ -292,6 +308,34 @@ def _snapshot_offset(s: Stream, slog: SegmentedLog, folder: Path) -> int | None:
     except (OSError, ValueError, KeyError, TypeError, errors.UnbrokenError,
             msgpack.UnpackException):
         return None
+
+
+def lock_data_dir(data_dir: Path) -> int | None:
+    """Create ``data_dir`` if needed and take an exclusive lock on its
+    ``.lock`` file (which then holds this process's pid), so that no other
+    store opens the directory meanwhile. :return: the file descriptor
+    holding the lock (None where ``fcntl`` does not exist).
+
+    :raises DataDirInUse: another store holds it
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise errors.DataDirInUse(str(data_dir), holder) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _newest_mtime(folder: Path) -> float:

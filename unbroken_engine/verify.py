@@ -29,6 +29,7 @@ store), so even a forced cut keeps the bytes it took out of the log.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -45,7 +46,7 @@ import msgpack
 
 from . import _native as nat
 from . import errors, layout
-from .file_store import DEFAULT_DATA_DIR, META_VERSION, SNAPSHOT_NAME
+from .file_store import DEFAULT_DATA_DIR, META_VERSION, SNAPSHOT_NAME, lock_data_dir
 from .log import LogConfig, RecordType, SegmentedLog
 from .streams import Stream
 
@@ -814,56 +815,62 @@ def verify(directory=DEFAULT_DATA_DIR, *, repair: bool = False, force: bool = Fa
 
     :param progress: called with (bytes checked, total bytes) after each segment
     :raises InvalidArgument: ``force`` without ``repair``
+    :raises DataDirInUse: ``repair`` while a store has the directory open
     :raises FileNotFoundError, NotADirectoryError: ``directory``
     """
     if force and not repair:
         raise errors.InvalidArgument("--force only applies with --repair")
     t0 = time.perf_counter()
     data_dir, folders, single = locate(directory)
-    total = sum(_file_size(f / layout.segment_name(b))
-                for f in folders for b in layout.list_segments(f))
-    done = 0
+    with contextlib.ExitStack() as held:
+        if repair:  # a repair must never race a store: hold the directory's lock
+            fd = lock_data_dir(data_dir)
+            if fd is not None:
+                held.callback(os.close, fd)
+        total = sum(_file_size(f / layout.segment_name(b))
+                    for f in folders for b in layout.list_segments(f))
+        done = 0
 
-    def tick(n):
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
+        def tick(n):
+            nonlocal done
+            done += n
+            if progress:
+                progress(done, total)
 
-    notes: list[Issue] = []
-    top_actions: list[RepairAction] = []
-    if not single:
-        for e in sorted(data_dir.iterdir()):
-            if e.is_dir() and e.name.startswith(_LEFTOVER_PREFIXES):
-                what = ("a stream creation that never finished" if e.name.startswith(".tmp-")
-                        else "a removed stream")
-                notes.append(Issue(NOTE, f"leftover folder of {what} (removed by --repair or "
-                                   "the next open)", str(e), None, SAFE))
-    with tempfile.TemporaryDirectory(prefix="unbroken-verify-") as tmp:
-        first = {f: _check_stream(f, tmp, tick) for f in folders}
-        by = None if single else first
-        found = {f: c.issues + _fork_issues(c, data_dir, by) for f, c in first.items()}
-        final, actions, refused = dict(first), {}, {}
-        if repair:
-            for f, c in first.items():
-                acts, why = _repair(c, force) if _needs_repair(c) else ([], [])
-                actions[f], refused[f] = acts, why
-                if acts:
-                    final[f] = _check_stream(f, tmp)
-            for n in notes:
-                shutil.rmtree(n.file, ignore_errors=True)
-                top_actions.append(RepairAction("removed leftover folder", n.file))
-            notes = []
-        by = None if single else final
-        reports = []
-        for f in folders:
-            c = final[f]
-            issues = c.issues + _fork_issues(c, data_dir, by)
-            reports.append(_stream_report(c, issues, found[f], actions.get(f, []),
-                                          refused.get(f, [])))
-    return VerifyReport(str(directory), single, repair, force, tuple(reports), tuple(notes),
-                        tuple(top_actions), sum(len(r.segments) for r in reports), total,
-                        time.perf_counter() - t0)
+        notes: list[Issue] = []
+        top_actions: list[RepairAction] = []
+        if not single:
+            for e in sorted(data_dir.iterdir()):
+                if e.is_dir() and e.name.startswith(_LEFTOVER_PREFIXES):
+                    what = ("a stream creation that never finished" if e.name.startswith(".tmp-")
+                            else "a removed stream")
+                    notes.append(Issue(NOTE, f"leftover folder of {what} (removed by --repair or "
+                                       "the next open)", str(e), None, SAFE))
+        with tempfile.TemporaryDirectory(prefix="unbroken-verify-") as tmp:
+            first = {f: _check_stream(f, tmp, tick) for f in folders}
+            by = None if single else first
+            found = {f: c.issues + _fork_issues(c, data_dir, by) for f, c in first.items()}
+            final, actions, refused = dict(first), {}, {}
+            if repair:
+                for f, c in first.items():
+                    acts, why = _repair(c, force) if _needs_repair(c) else ([], [])
+                    actions[f], refused[f] = acts, why
+                    if acts:
+                        final[f] = _check_stream(f, tmp)
+                for n in notes:
+                    shutil.rmtree(n.file, ignore_errors=True)
+                    top_actions.append(RepairAction("removed leftover folder", n.file))
+                notes = []
+            by = None if single else final
+            reports = []
+            for f in folders:
+                c = final[f]
+                issues = c.issues + _fork_issues(c, data_dir, by)
+                reports.append(_stream_report(c, issues, found[f], actions.get(f, []),
+                                              refused.get(f, [])))
+        return VerifyReport(str(directory), single, repair, force, tuple(reports), tuple(notes),
+                            tuple(top_actions), sum(len(r.segments) for r in reports), total,
+                            time.perf_counter() - t0)
 
 
 def _needs_repair(c: _Checked) -> bool:

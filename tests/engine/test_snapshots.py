@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from unbroken_engine import AppendOptions, CreateOptions, FileBackedStreamStore, Producer
+from unbroken_engine import AppendOptions, CreateOptions, FileBackedStreamStore, Producer, errors
 from unbroken_engine.file_store import SNAPSHOT_NAME
 from unbroken_engine.log import Durability, LogConfig
 
@@ -40,7 +40,7 @@ async def test_a_snapshot_that_outlived_its_records_is_never_restored(tmp_path):
     assert not (await store.get("s")).closed
     await store.append("s", b"vwxyz")  # same size: same boundary as before
     store._streams["s"].log.sync()
-    # no aclose(): the process dies here
+    store._unlock()  # no aclose(): the process dies here (and its lock with it)
     again = FileBackedStreamStore(tmp_path, CONFIG)
     assert not (await again.get("s")).closed
     assert bytes((await again.read("s")).data) == b"firstvwxyz"
@@ -57,6 +57,7 @@ async def test_restart_from_a_snapshot_keeps_producer_state(tmp_path, monkeypatc
         await store.append("p", b"m%d" % seq, AppendOptions(producer=Producer("w", 0, seq)))
     folder = store._streams["p"].handle
     assert (folder / SNAPSHOT_NAME).exists()  # written by the periodic snapshot
+    store._unlock()  # no aclose(): the process dies here (and its lock with it)
     again = FileBackedStreamStore(tmp_path, LogConfig(durability=Durability.ALWAYS))
     retry = await again.append("p", b"m6", AppendOptions(producer=Producer("w", 0, 6)))
     assert retry.outcome.value == "duplicate" and retry.producer_seq == 6
@@ -93,3 +94,18 @@ async def test_a_damaged_sealed_segment_refuses_only_its_stream(tmp_path):
         await again.get("bad")
     assert (await again.read("good")).data[:10] == b"record 000"
     await again.aclose()
+
+
+async def test_a_second_store_on_the_same_directory_is_refused(tmp_path):
+    """Two stores recovering and appending in one directory would cut each
+    other's unflushed tails: the second is refused, naming the holder's pid,
+    until the first closes."""
+    first = FileBackedStreamStore(tmp_path)
+    await first.create("s", CreateOptions(content_type="text/plain"))
+    with pytest.raises(errors.DataDirInUse, match=rf"in use by another store \(pid {os.getpid()}\)"):
+        FileBackedStreamStore(tmp_path)
+    await first.append("s", b"still mine")  # the refused one touched nothing
+    await first.aclose()
+    second = FileBackedStreamStore(tmp_path)
+    assert bytes((await second.read("s")).data) == b"still mine"
+    await second.aclose()

@@ -26,7 +26,7 @@ import msgpack
 import pytest
 
 from unbroken_engine import errors, layout
-from unbroken_engine.file_store import SNAPSHOT_NAME, FileBackedStreamStore
+from unbroken_engine.file_store import LOCK_NAME, SNAPSHOT_NAME, FileBackedStreamStore
 from unbroken_engine.log import Durability, LogConfig, SegmentedLog
 from unbroken_engine.memory_log import MemoryLog
 from unbroken_engine.memory_store import MemoryStreamStore
@@ -1720,7 +1720,8 @@ async def test_sweep_removes_expired_streams_and_returns_their_paths(store, cloc
     if folders["t1"] is not None:
         assert not folders["t1"].exists() and not folders["t2"].exists()
         assert folders["keep"].exists() and folders["later"].exists()
-        assert not [e for e in store.data_dir.iterdir() if e.name.startswith(".")]
+        assert not [e for e in store.data_dir.iterdir() if e.name.startswith(".")
+                    and e.name != LOCK_NAME]
     assert await store.sweep() == []
     assert await body(store, "keep") == b"k"
 
@@ -1735,7 +1736,7 @@ async def test_sweep_reports_an_expired_source_and_its_expired_fork(store, clock
         with pytest.raises(errors.StreamNotFound):
             await store.get(p)
     if folder_of(store, "src") is not None:
-        assert [e.name for e in store.data_dir.iterdir()] == []
+        assert [e.name for e in store.data_dir.iterdir() if e.name != LOCK_NAME] == []
 
 
 async def test_sweep_with_nothing_expired_removes_nothing(store, clock):
@@ -1883,7 +1884,7 @@ async def test_delete_cascades_through_three_levels(store):
         with pytest.raises(errors.StreamNotFound):
             await store.get(p)
     if folder_of(store, "l0") is not None:
-        assert [e.name for e in store.data_dir.iterdir()] == []
+        assert [e.name for e in store.data_dir.iterdir() if e.name != LOCK_NAME] == []
 
 
 async def test_deleting_the_middle_of_a_chain(store):
@@ -3054,7 +3055,8 @@ async def test_a_periodic_snapshot_keeps_the_last_message(tmp_path, monkeypatch,
     (snap,) = _snapshots(tmp_path)
     state = msgpack.unpackb(snap.read_bytes())
     assert state["offset"] == starts[6] and state["last_msg"] == starts[5]
-    again = FileBackedStreamStore(tmp_path / "data", config, clock=clock)  # no aclose: a crash
+    first._unlock()  # no aclose: a crash (the dying process's lock goes with it)
+    again = FileBackedStreamStore(tmp_path / "data", config, clock=clock)
     try:
         seen = count_record_reads(again, monkeypatch)
         r = await again.read_last("s")

@@ -48,6 +48,7 @@ import pytest
 
 from unbroken_engine import FileBackedStreamStore, errors
 from unbroken_engine import _native as nat
+from unbroken_engine.file_store import LOCK_NAME
 from unbroken_engine.log import Durability, LogConfig, SegmentedLog
 from unbroken_engine.store import CreateOptions
 
@@ -309,7 +310,7 @@ async def test_store_create_with_failed_allocation_leaves_nothing(tmp_path, anyi
         with pytest.raises(errors.StorageFull):
             await store.create("s", CreateOptions(content_type="text/plain", data=b"x"))
         assert nat._test_fail_next_alloc(0) == 0
-        assert os.listdir(tmp_path) == []
+        assert os.listdir(tmp_path) == [LOCK_NAME]  # the store's own lock, nothing else
         with pytest.raises(errors.StreamNotFound):
             await store.get("s")
         await store.create("s", CreateOptions(content_type="text/plain", data=b"x"))
@@ -410,7 +411,7 @@ def test_http_failed_allocation_is_507_and_writes_nothing(server):
     r = server.request("PUT", S + "t", TEXT)
     assert r.status == 507, r
     assert server.request("HEAD", S + "t").status == 404
-    assert [n for n in os.listdir(server.store.data_dir) if n.startswith(".")] == []
+    assert [n for n in os.listdir(server.store.data_dir) if n.startswith(".")] == [LOCK_NAME]
 
     assert server.request("POST", S + "s", TEXT, b"c" * 100_000).status == 204
     assert server.request("PUT", S + "t", TEXT).status == 201

@@ -358,6 +358,16 @@ def test_port_in_use_and_bad_env_port_fail_with_a_message(servers):
     assert "ONEPIPE_STREAMS_PORT" in sp.output()
 
 
+def test_a_second_server_on_the_same_data_dir_is_refused(servers, tmp_path):
+    first = servers("--port", "0", "--data-dir", str(tmp_path / "d"))
+    port = first.wait_started()
+    second = servers("--port", "0", "--data-dir", str(tmp_path / "d"))
+    assert second.wait(30) == 1
+    assert "cannot open the store: data directory" in second.output()
+    assert "is in use by another store" in second.output()
+    assert request(port, "PUT", "/v1/stream/still-served")[0] == 201
+
+
 def test_store_is_chosen_by_option_then_redis_url_then_database_url():
     from unbroken_server.cli import choose_store
 
