@@ -34,6 +34,7 @@ import pytest
 
 from unbroken_engine.onepipe import (
     Channel,
+    DataDirInUse,
     Flow,
     NoRuntime,
     OnePipeError,
@@ -806,3 +807,16 @@ def test_a_float_field_read_back_as_an_integer_is_a_float_again():
     assert order == Order(1, "e", 9.0) and type(order.total) is float
     with pytest.raises(SchemaError, match="expected an object"):
         schema.decode([1, "e", 9.0])
+
+
+async def test_a_data_dir_a_server_has_open_is_not_opened_again(tmp_path):
+    server = Server(tmp_path / "streams").start()
+    try:
+        for mode in ("inprocess", "embedded"):
+            with pytest.raises(DataDirInUse, match="connect to that server"):
+                async with connect(mode, port=0, data_dir=tmp_path / "streams", environ={}):
+                    pass
+        async with connect("remote", url=server.url, environ={}) as rt:  # what to do instead
+            await (await Flow.create("fine").build(rt)).append({"ok": True})
+    finally:
+        server.kill()

@@ -21,6 +21,7 @@ Async first; :mod:`.sync` is the blocking facade. Errors are in :mod:`.errors`.
 from .channel import CallRecord, Channel
 from .errors import (
     CallFailed,
+    DataDirInUse,
     NoRuntime,
     NotFound,
     OnePipeError,
@@ -38,4 +39,4 @@ from .signal import Signal, SignalState
 __all__ = ["Flow", "Channel", "Signal", "connect", "Runtime", "current_runtime", "Schema",
            "SignalState", "CallRecord", "OnePipeError", "SchemaError", "NotFound",
            "StreamClosed", "SeqConflict", "ProducerFenced", "Unavailable", "NoRuntime",
-           "CallFailed"]
+           "CallFailed", "DataDirInUse"]

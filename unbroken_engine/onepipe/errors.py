@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 __all__ = ["OnePipeError", "SchemaError", "NotFound", "StreamClosed", "SeqConflict",
-           "ProducerFenced", "Unavailable", "NoRuntime", "CallFailed"]
+           "ProducerFenced", "Unavailable", "NoRuntime", "CallFailed", "DataDirInUse"]
 
 
 class OnePipeError(Exception):
@@ -37,6 +37,14 @@ class Unavailable(OnePipeError, ConnectionError):
     """The streams server (or backend) could not be reached, or kept
     answering 503, for longer than the runtime's ``retry_for``. An append
     that raised this may or may not have been written."""
+
+
+class DataDirInUse(OnePipeError, OSError):
+    """The data directory is open in another store (an Unbroken server, or
+    another process's in-process runtime): connect to that server instead."""
+
+    def __str__(self):  # OSError would format its args
+        return self.args[0]
 
 
 class NoRuntime(OnePipeError, RuntimeError):

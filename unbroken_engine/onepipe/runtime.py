@@ -34,7 +34,7 @@ from pathlib import Path
 
 import anyio
 
-from .errors import NoRuntime, OnePipeError
+from .errors import DataDirInUse, NoRuntime, OnePipeError
 from .transport import HttpTransport, LocalTransport, Retry, Transport
 
 log = logging.getLogger("unbroken.onepipe")
@@ -111,9 +111,7 @@ class Runtime:
         elif self.mode == "inprocess":
             store, owns = self._store, False
             if store is None:
-                from ..file_store import FileBackedStreamStore
-
-                store = await anyio.to_thread.run_sync(FileBackedStreamStore, self.data_dir)
+                store = await anyio.to_thread.run_sync(_open_file_store, self.data_dir)
                 owns = True
             self.transport = LocalTransport(store, owns=owns, retry=self.retry)
         else:
@@ -121,7 +119,7 @@ class Runtime:
             try:
                 self.url = await anyio.to_thread.run_sync(self._server.start)
             except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
+                if isinstance(exc, OnePipeError) or exc.errno != errno.EADDRINUSE:
                     raise
                 self._server = None
                 self.url = f"http://{self.host}:{self.port}"
@@ -217,6 +215,20 @@ def connect(mode: str | None = None, *, url: str | None = None, port: int | None
                    retry_for=retry_for, instance=instance)
 
 
+def _open_file_store(data_dir: Path):
+    """The file store on ``data_dir``; a directory another store has open is
+    a :class:`DataDirInUse` that says what to do instead."""
+    from .. import errors
+    from ..file_store import FileBackedStreamStore
+
+    try:
+        return FileBackedStreamStore(data_dir)
+    except errors.DataDirInUse as exc:
+        raise DataDirInUse(f"{exc}. If an Unbroken server has it open, connect to that "
+                           f"server (ONEPIPE_STREAMS_URL, or the embedded mode on its "
+                           f"port) instead of opening its directory") from exc
+
+
 async def _is_unbroken(url: str) -> bool:
     """Whether ``url`` answers ``/health`` like an Unbroken server."""
     import httpx
@@ -265,9 +277,7 @@ class _EmbeddedServer:
         from unbroken_server.app import serve
         from unbroken_server.handlers import ServerConfig, ServerContext
 
-        from ..file_store import FileBackedStreamStore
-
-        store = await anyio.to_thread.run_sync(FileBackedStreamStore, self.data_dir)
+        store = await anyio.to_thread.run_sync(_open_file_store, self.data_dir)
         try:
             self._ctx = ServerContext(store, ServerConfig())
             log.info("onepipe: embedded Unbroken server on %s:%s, data in %s (%s)", self.host,
