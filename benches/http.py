@@ -1301,60 +1301,71 @@ async def append_run(server: Server, body: bytes, content_type: str, connections
                      layout: str, warmup: float, duration: float) -> Run:
     """Closed-loop appends on ``connections`` connections for ``warmup`` +
     ``duration`` seconds; counts the answers that arrive in the timed part."""
-    host, port = server.host, server.port
-    conns = await open_connections(host, port, connections)
+    conns = await open_connections(server.host, server.port, connections)
     try:
         paths = [stream_name("append")] * connections if layout == "shared" else \
             [stream_name("append") for _ in range(connections)]
         for p in dict.fromkeys(paths):
             await create_stream(conns[0], p, content_type)
-        timing = False
-        stopping = False
-        ops = errors = 0
-        first_error = ""
-        lat = array.array("q")
-
-        async def worker(conn: HttpConnection, raw: bytes) -> None:
-            nonlocal ops, errors, first_error
-            clock = time.perf_counter_ns
-            while not stopping:
-                t = clock()
-                resp = await conn.send(raw)
-                if timing:
-                    if resp.status in (200, 204):
-                        ops += 1
-                        lat.append(clock() - t)
-                    else:
-                        errors += 1
-                if resp.status not in (200, 204) and not first_error:
-                    first_error = f"{resp.status} {resp.body[:120]!r}"
-
-        raws = [request_bytes("POST", p, conns[0].host_header,
-                              [("Content-Type", content_type)], body) for p in paths]
-        tasks = [asyncio.ensure_future(worker(c, r)) for c, r in zip(conns, raws)]
-        try:
-            await _sleep_or_fail(tasks, warmup)
-            timing = True
-            meter = CpuMeter(server)
-            await _sleep_or_fail(tasks, duration)
-            timing = False
-            seconds, srv_cpu, cli_cpu = meter.stop()
-            stopping = True
-            done, pending = await asyncio.wait(tasks, timeout=30)
-            for t in done:
-                if t.exception() is not None:
-                    raise t.exception()
-            if pending:
-                raise RuntimeError(f"{len(pending)} appends still unanswered 30 s after the end")
-        finally:
-            stopping = True
-            for t in tasks:
-                t.cancel()
-        return Run(seconds, ops, ops * len(body), errors, lat, server_cpu=srv_cpu,
-                   client_cpu=cli_cpu, note=f"first error: {first_error}" if first_error else "")
+        raws = [request_bytes("POST", p, c.host_header, [("Content-Type", content_type)], body)
+                for c, p in zip(conns, paths)]
+        return await closed_loop_appends(conns, raws, len(body), lambda: CpuMeter(server),
+                                         warmup, duration)
     finally:
         for c in conns:
             c.close()
+
+
+async def closed_loop_appends(conns: Sequence[HttpConnection], raws: Sequence[bytes],
+                              body_bytes: int, meter, warmup: float, duration: float) -> Run:
+    """Each connection sends its raw POST, waits for the answer and sends it
+    again, for ``warmup`` + ``duration`` seconds; the answers of the timed
+    part are counted. ``meter()`` starts a CPU meter (stopped with
+    ``.stop()`` -> seconds, server CPU, client CPU) when timing starts."""
+    timing = False
+    stopping = False
+    ops = errors = 0
+    first_error = ""
+    lat = array.array("q")
+
+    async def worker(conn: HttpConnection, raw: bytes) -> None:
+        """POST, wait for the answer, POST again, until stopped."""
+        nonlocal ops, errors, first_error
+        clock = time.perf_counter_ns
+        while not stopping:
+            t = clock()
+            resp = await conn.send(raw)
+            ok = resp.status in (200, 204)
+            if timing:
+                if ok:
+                    ops += 1
+                    lat.append(clock() - t)
+                else:
+                    errors += 1
+            if not ok and not first_error:
+                first_error = f"{resp.status} {resp.body[:120]!r}"
+
+    tasks = [asyncio.ensure_future(worker(c, r)) for c, r in zip(conns, raws)]
+    try:
+        await _sleep_or_fail(tasks, warmup)
+        timing = True
+        running = meter()
+        await _sleep_or_fail(tasks, duration)
+        timing = False
+        seconds, srv_cpu, cli_cpu = running.stop()
+        stopping = True
+        done, pending = await asyncio.wait(tasks, timeout=30)
+        for t in done:
+            if t.exception() is not None:
+                raise t.exception()
+        if pending:
+            raise RuntimeError(f"{len(pending)} appends still unanswered 30 s after the end")
+    finally:
+        stopping = True
+        for t in tasks:
+            t.cancel()
+    return Run(seconds, ops, ops * body_bytes, errors, lat, server_cpu=srv_cpu,
+               client_cpu=cli_cpu, note=f"first error: {first_error}" if first_error else "")
 
 
 async def _sleep_or_fail(tasks, seconds: float) -> None:

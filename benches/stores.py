@@ -103,7 +103,7 @@ from .http import (
     _UNBROKEN_READY,
     _fmt_run,
     _fmt_value,
-    _sleep_or_fail,
+    closed_loop_appends,
     create_stream,
     fsync_probe,
     json_body,
@@ -523,7 +523,7 @@ async def spread_append_run(servers: Sequence[Server], body: bytes, connections:
     """Closed-loop JSON appends to ONE stream over ``connections`` keep-alive
     connections spread evenly over ``servers`` (which share a store), for
     ``warmup`` + ``duration`` seconds; counts the answers of the timed part.
-    The loop of :func:`unbroken_benches.http.append_run` ("shared" layout)."""
+    The loop of :func:`unbroken_benches.http.closed_loop_appends`."""
     conns: list[HttpConnection] = []
     try:
         for srv, n in zip(servers, split_connections(connections, len(servers))):
@@ -531,51 +531,10 @@ async def spread_append_run(servers: Sequence[Server], body: bytes, connections:
                 conns += await open_connections(srv.host, srv.port, n)
         path = stream_name("append")
         await create_stream(conns[0], path, JSON_TYPE)
-        timing = stopping = False
-        ops = errors = 0
-        first_error = ""
-        lat = array.array("q")
-
-        async def worker(conn: HttpConnection) -> None:
-            """POST, wait for the answer, POST again, until stopped."""
-            nonlocal ops, errors, first_error
-            raw = request_bytes("POST", path, conn.host_header,
-                                [("Content-Type", JSON_TYPE)], body)
-            clock = time.perf_counter_ns
-            while not stopping:
-                t = clock()
-                resp = await conn.send(raw)
-                ok = resp.status in (200, 204)
-                if timing:
-                    if ok:
-                        ops += 1
-                        lat.append(clock() - t)
-                    else:
-                        errors += 1
-                if not ok and not first_error:
-                    first_error = f"{resp.status} {resp.body[:120]!r}"
-
-        tasks = [asyncio.ensure_future(worker(c)) for c in conns]
-        try:
-            await _sleep_or_fail(tasks, warmup)
-            timing = True
-            meter = _CpuMeters(servers)
-            await _sleep_or_fail(tasks, duration)
-            timing = False
-            seconds, srv_cpu, cli_cpu = meter.stop()
-            stopping = True
-            done, pending = await asyncio.wait(tasks, timeout=30)
-            for t in done:
-                if t.exception() is not None:
-                    raise t.exception()
-            if pending:
-                raise RuntimeError(f"{len(pending)} appends still unanswered 30 s after the end")
-        finally:
-            stopping = True
-            for t in tasks:
-                t.cancel()
-        return Run(seconds, ops, ops * len(body), errors, lat, server_cpu=srv_cpu,
-                   client_cpu=cli_cpu, note=f"first error: {first_error}" if first_error else "")
+        raws = [request_bytes("POST", path, c.host_header, [("Content-Type", JSON_TYPE)], body)
+                for c in conns]
+        return await closed_loop_appends(conns, raws, len(body), lambda: _CpuMeters(servers),
+                                         warmup, duration)
     finally:
         for c in conns:
             c.close()
