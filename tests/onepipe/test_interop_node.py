@@ -47,10 +47,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -65,11 +62,8 @@ HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "interop.mjs"
 NODE_PROJECT = HERE.parent / "conformance"  # the npm project holding the client
 
-START_LINE = re.compile(r"unbroken: serving (http://127\.0\.0\.1:\d+)/v1/stream/ ")
-STARTUP_TIMEOUT = 60  # s, until the server prints where it listens
 NODE_TIMEOUT = 180  # s, one run of interop.mjs (its own watchdog fires 30 s before)
 WAIT_TIMEOUT = 90  # s, a live reader catching up / ending after the close
-SHUTDOWN_TIMEOUT = 30  # s, SIGTERM to exit
 
 
 @pytest.fixture
@@ -164,63 +158,12 @@ def _tail(lines, n: int = 40) -> str:
     return "\n".join("    " + line.rstrip("\n") for line in lines) or "    (no output)"
 
 
-class Server:
-    """``unbroken serve`` on the file store in a subprocess (REDIS_URL and
-    DATABASE_URL removed from its environment); output kept by a thread."""
-
-    def __init__(self, tmp_path: Path):
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("REDIS_URL", "DATABASE_URL", "ONEPIPE_STREAMS_PORT")}
-        env["PYTHONUNBUFFERED"] = "1"
-        self.cmd = [sys.executable, "-m", "unbroken_server", "serve", "--host", "127.0.0.1",
-                    "--port", "0", "--store", "file", "--data-dir", str(tmp_path / "data")]
-        self.lines: list[str] = []
-        self.url: str | None = None
-        self._ready = threading.Event()
-        self.proc = subprocess.Popen(self.cmd, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     errors="replace")
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            m = START_LINE.search(line)
-            if m and self.url is None:
-                self.url = m.group(1)
-                self._ready.set()
-        self._ready.set()  # the output ended: the server is gone
-
-    def wait_ready(self) -> str:
-        self._ready.wait(STARTUP_TIMEOUT)
-        if self.url is None:
-            state = "running" if self.proc.poll() is None else f"exit {self.proc.returncode}"
-            raise AssertionError(f"`{' '.join(self.cmd)}` did not say where it serves within "
-                                 f"{STARTUP_TIMEOUT} s ({state}):\n{_tail(self.lines)}")
-        return self.url
-
-    def stream_url(self, path: str) -> str:
-        return f"{self.url}/v1/stream/{path}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(SHUTDOWN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(5)
-        self.proc.stdout.close()
-
-
 @pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
+def server(tmp_path, unbroken_server):
+    """``unbroken serve`` on the file store (tests/onepipe/conftest.py)."""
+    s = unbroken_server(tmp_path / "data")
     try:
-        s.wait_ready()
-        yield s
+        yield s.start()
     finally:
         s.stop()
 
@@ -234,7 +177,7 @@ class NodeRun:
     """``node interop.mjs ...`` in a subprocess: stdout kept whole (the result),
     stderr line by line (``{"progress": ...}`` lines parsed as they come)."""
 
-    def __init__(self, node: str, server: Server, *args: str):
+    def __init__(self, node: str, server, *args: str):  # server: conftest.UnbrokenServer
         self.server = server
         self.cmd = [node, str(SCRIPT), *args]
         env = dict(os.environ, DURABLE_STREAMS_NODE_PROJECT=str(NODE_PROJECT),

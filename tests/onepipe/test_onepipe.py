@@ -16,15 +16,10 @@ No timing assertions: every wait has a generous liveness bound.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import re
 import socket
-import subprocess
 import sys
 import textwrap
-import threading
-import time
 import uuid
 from typing import TypedDict
 
@@ -52,7 +47,6 @@ from unbroken_engine.onepipe.transport import HttpTransport, Retry, _sse_lines
 pytestmark = pytest.mark.anyio
 
 MODES = ["inprocess", "embedded", "external"]
-START_LINE = re.compile(r"unbroken: serving http://127\.0\.0\.1:(\d+)/v1/stream/ from ")
 TIMEOUT = 30.0  # liveness bound for any wait (never a timing assertion)
 
 
@@ -77,48 +71,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """``unbroken serve`` in a subprocess, restartable on the same port and data."""
-
-    def __init__(self, data_dir, port: int = 0):
-        self.data_dir = data_dir
-        self.port = port
-        self.proc = None
-
-    def start(self) -> "Server":
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "unbroken_server", "serve", "--data-dir", str(self.data_dir),
-             "--port", str(self.port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env=_env(), cwd=self.data_dir.parent)
-        deadline = time.monotonic() + TIMEOUT
-        lines = []
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = START_LINE.search(line)
-            if m:
-                self.port = int(m.group(1))
-                threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-                return self
-        self.proc.kill()
-        raise AssertionError(f"server did not start: {''.join(lines)}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(TIMEOUT)
-
-
 @pytest.fixture(scope="module")
-def external(tmp_path_factory):
+def external(tmp_path_factory, unbroken_server):
     """One ``unbroken serve`` for the module's external-mode tests."""
-    server = Server(tmp_path_factory.mktemp("external") / "streams").start()
+    server = unbroken_server(tmp_path_factory.mktemp("external") / "streams").start()
     yield server
     server.kill()
 
@@ -661,8 +617,8 @@ async def _subscribe_across_a_restart(writer_rt, reader_rt, restart) -> None:
     assert got == list(range(6))
 
 
-async def test_subscribe_resumes_after_an_external_server_restart(tmp_path):
-    server = Server(tmp_path / "streams", port=free_port()).start()
+async def test_subscribe_resumes_after_an_external_server_restart(tmp_path, unbroken_server):
+    server = unbroken_server(tmp_path / "streams").start()  # a restart keeps its port
     try:
         async with connect("remote", url=server.url, environ={}) as w, \
                 connect("remote", url=server.url, environ={}) as r:
@@ -809,8 +765,8 @@ def test_a_float_field_read_back_as_an_integer_is_a_float_again():
         schema.decode([1, "e", 9.0])
 
 
-async def test_a_data_dir_a_server_has_open_is_not_opened_again(tmp_path):
-    server = Server(tmp_path / "streams").start()
+async def test_a_data_dir_a_server_has_open_is_not_opened_again(tmp_path, unbroken_server):
+    server = unbroken_server(tmp_path / "streams").start()
     try:
         for mode in ("inprocess", "embedded"):
             with pytest.raises(DataDirInUse, match="connect to that server"):

@@ -43,9 +43,6 @@ import dataclasses
 import json
 import os
 import re
-import signal
-import subprocess
-import threading
 import uuid
 from pathlib import Path
 
@@ -74,8 +71,6 @@ NODE_PROJECT = HERE.parent / "conformance"
 PACKAGE = "@durable-streams/server"
 
 READY = re.compile(r"reference: ready (http://\S+)")
-STARTUP_TIMEOUT = 60  # s, until the launcher prints its ready line
-SHUTDOWN_TIMEOUT = 30  # s, SIGTERM to exit
 TEST_TIMEOUT = 60  # s, each test's liveness bound
 
 
@@ -87,14 +82,9 @@ def anyio_backend():
 # --------------------------------------------------------------------------- the server
 
 
-def _tail(lines, n: int = 40) -> str:
-    lines = list(lines)[-n:]
-    return "\n".join("    " + line.rstrip("\n") for line in lines) or "    (no output)"
-
-
-def reference_entry() -> tuple[str, str]:
-    """``(ES-module entry file, version)`` of the installed reference package,
-    from its package.json ``exports["."].import``."""
+def reference_entry() -> str:
+    """The ES-module entry file of the installed reference package, from its
+    package.json ``exports["."].import``."""
     meta_path = NODE_PROJECT / "node_modules" / PACKAGE / "package.json"
     meta = json.loads(meta_path.read_text())
     esm = (meta.get("exports") or {}).get(".", {}).get("import")
@@ -103,60 +93,17 @@ def reference_entry() -> tuple[str, str]:
         raise AssertionError(f"no ES-module entry in {meta_path}")
     path = (meta_path.parent / entry).resolve()
     assert path.is_file(), f"{meta_path} names {entry}, which is not there"
-    return str(path), meta["version"]
-
-
-class ReferenceServer:
-    """benches/reference_server.mjs in a subprocess; output kept by a thread."""
-
-    def __init__(self, node: str, data_dir: Path):
-        entry, self.version = reference_entry()
-        self.cmd = [node, str(LAUNCHER), "0", str(data_dir), entry]
-        self.lines: list[str] = []
-        self.url: str | None = None
-        self._ready = threading.Event()
-        self.proc = subprocess.Popen(self.cmd, cwd=data_dir.parent, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, errors="replace",
-                                     env=dict(os.environ, NO_COLOR="1"))
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            m = READY.search(line)
-            if m and self.url is None:
-                self.url = m.group(1)
-                self._ready.set()
-        self._ready.set()  # the output ended: the server is gone
-
-    def wait_ready(self) -> str:
-        self._ready.wait(STARTUP_TIMEOUT)
-        if self.url is None:
-            state = "running" if self.proc.poll() is None else f"exit {self.proc.returncode}"
-            raise AssertionError(f"`{' '.join(self.cmd)}` printed no ready line within "
-                                 f"{STARTUP_TIMEOUT} s ({state}):\n{_tail(self.lines)}")
-        return self.url
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(SHUTDOWN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(5)
-        self.proc.stdout.close()
+    return str(path)
 
 
 @pytest.fixture(scope="module")
-def reference(node_toolchain, tmp_path_factory):
+def reference(node_toolchain, ready_process, tmp_path_factory):
     """The running reference server (file-backed, in a temporary directory)."""
     data_dir = tmp_path_factory.mktemp("reference") / "data"
     data_dir.mkdir()
-    server = ReferenceServer(node_toolchain[0], data_dir)
+    entry = reference_entry()
+    server = ready_process([node_toolchain[0], str(LAUNCHER), "0", str(data_dir), entry], READY,
+                           cwd=data_dir.parent, env=dict(os.environ, NO_COLOR="1"))
     try:
         server.wait_ready()
         yield server
@@ -166,7 +113,8 @@ def reference(node_toolchain, tmp_path_factory):
 
 @pytest.fixture
 def url(reference) -> str:
-    assert reference.proc.poll() is None, f"the reference server exited:\n{_tail(reference.lines)}"
+    assert reference.proc.poll() is None, \
+        "the reference server exited:\n" + "".join(reference.lines[-40:])
     return reference.url
 
 
