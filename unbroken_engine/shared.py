@@ -64,7 +64,6 @@ from .notify import StreamNotifier
 from .offsets import NOW, START
 from .producers import ProducerOutcome, ProducerState, validate
 from .store import (
-    DEFAULT_CONTENT_TYPE,
     DEFAULT_READ_CHUNK,
     AppendOptions,
     AppendResult,
@@ -85,6 +84,7 @@ from .streams import (
     check_same_config,
     check_stream_seq,
     closed_answer,
+    created_content_type,
     initial_records,
     prefix_record,
 )
@@ -622,14 +622,7 @@ class SharedStreamStore(StreamStore):
                 raise errors.StreamNotFound(o.fork_from)
             if source.soft_deleted:
                 raise errors.ConfigMismatch(f"fork source {o.fork_from!r} was deleted")
-        if o.content_type is not None:
-            content_type = o.content_type
-        else:
-            content_type = source.content_type if source is not None else DEFAULT_CONTENT_TYPE
-        if source is not None and media_type(content_type) != source.media:
-            raise errors.ConfigMismatch(
-                f"content type {content_type!r} differs from the fork source's "
-                f"{source.content_type!r}")
+        content_type = created_content_type(o, source)
         records: list[tuple] = []
         base, chain = 0, []
         if source is not None:

@@ -235,6 +235,25 @@ def record_attrs(producer, seq: str | None) -> bytes:
     return msgpack.packb(fields) if fields else b""
 
 
+def created_content_type(o: CreateOptions, source) -> str:
+    """The content type a create gives its stream: the one asked for, else
+    the fork source's, else ``application/octet-stream``.
+
+    :param source: the fork source (a stream or a row: ``content_type`` and
+        ``media``), or None
+    :raises ConfigMismatch: a fork whose type differs from its source's
+    """
+    if o.content_type is not None:
+        content_type = o.content_type
+    else:
+        content_type = source.content_type if source is not None else DEFAULT_CONTENT_TYPE
+    if source is not None and media_type(content_type) != source.media:
+        raise errors.ConfigMismatch(
+            f"content type {content_type!r} differs from the fork source's "
+            f"{source.content_type!r}")
+    return content_type
+
+
 def initial_records(content_type: str, data: bytes, closed: bool) -> list[tuple]:
     """The records a create writes: its initial data (JSON flattened) and/or
     its close, as ``(payload, attrs, type, msg_count)``.
@@ -471,14 +490,7 @@ class BaseStreamStore(StreamStore):
             source = self._lookup(o.fork_from, soft_ok=True)
             if source.soft_deleted:
                 raise errors.ConfigMismatch(f"fork source {o.fork_from!r} was deleted")
-        if o.content_type is not None:
-            content_type = o.content_type
-        else:
-            content_type = source.content_type if source is not None else DEFAULT_CONTENT_TYPE
-        if source is not None and media_type(content_type) != source.media:
-            raise errors.ConfigMismatch(
-                f"content type {content_type!r} differs from the fork source's "
-                f"{source.content_type!r}")
+        content_type = created_content_type(o, source)
         records, base = [], 0
         if source is not None:
             base = self._visible_end(source) if o.fork_offset is None else o.fork_offset
