@@ -1659,19 +1659,23 @@ class LongPollReader(_LiveReader):
 
 
 async def sse_run(server: Server, readers: int, rate: float, duration: float,
-                  reader_cls=None) -> Run:
-    """``readers`` SSE readers (or ``reader_cls`` ones: LongPollReader), one
-    writer at ``rate`` messages/s for ``duration`` s."""
+                  reader_cls=None, *, writer_server: Server | None = None, meter=None) -> Run:
+    """``readers`` SSE readers (or ``reader_cls`` ones: LongPollReader) on
+    ``server``, one writer at ``rate`` messages/s for ``duration`` s, posting
+    to ``writer_server`` (default: the same server; another instance of a
+    shared store makes every delivery cross instances). ``meter()`` starts
+    the CPU meter of the timed part (default: ``CpuMeter(server)``)."""
     reader_cls = reader_cls or SseReader
+    writer_server = writer_server or server
     host, port = server.host, server.port
     path = stream_name(reader_cls.KIND)
     deferred = DeferredFeed()
     sink = array.array("q")
     subs: list = []
     tasks: list = []
-    writer = SseWriter(server, path)
+    writer = SseWriter(writer_server, path)
     try:
-        setup = await HttpConnection.open(host, port)
+        setup = await HttpConnection.open(writer_server.host, writer_server.port)
         try:
             await create_stream(setup, path, "application/json")
         finally:
@@ -1683,7 +1687,7 @@ async def sse_run(server: Server, readers: int, rate: float, duration: float,
         await writer.write(-SSE_WARMUP_MESSAGES, 0, rate)   # warm-up: never counted
         await writer.finish(SSE_DRAIN)
         count = max(1, round(duration * rate))
-        meter = CpuMeter(server)
+        running = meter() if meter is not None else CpuMeter(server)
         t0 = time.perf_counter()
         await writer.write(0, count, rate)
         written = time.perf_counter() - t0
@@ -1692,7 +1696,7 @@ async def sse_run(server: Server, readers: int, rate: float, duration: float,
         deadline = time.perf_counter() + SSE_DRAIN
         while sum(r.received for r in subs) < expected and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
-        seconds, srv_cpu, cli_cpu = meter.stop()
+        seconds, srv_cpu, cli_cpu = running.stop()
         received = sum(r.received for r in subs)
         errors = writer.errors + sum(r.errors for r in subs)
         resub = sum(r.resubscribes for r in subs)

@@ -67,7 +67,6 @@ Examples
 from __future__ import annotations
 
 import argparse
-import array
 import asyncio
 import collections
 import dataclasses
@@ -78,7 +77,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -88,18 +86,13 @@ from .engine import _finite, _split, _unique, existing_dir, parse_size, positive
     positive_int
 from .http import (
     SSE_DRAIN,
-    SSE_READY_TIMEOUT,
-    SSE_WARMUP_MESSAGES,
     CpuMeter,
-    DeferredFeed,
     HttpConnection,
     Latency,
     ProtocolError,
     Progress,
     Run,
     Server,
-    SseReader,
-    SseWriter,
     _UNBROKEN_READY,
     _fmt_run,
     _fmt_value,
@@ -111,6 +104,7 @@ from .http import (
     open_connections,
     readers_list,
     request_bytes,
+    sse_run,
     start_process,
     stream_name,
 )
@@ -544,61 +538,10 @@ async def cross_sse_run(reader_server: Server, writer_server: Server, readers: i
                         rate: float, duration: float) -> Run:
     """``readers`` live=sse readers on ``reader_server``, one open-loop writer
     posting to ``writer_server`` (the same server, or another instance of the
-    same store) at ``rate`` messages/s for ``duration`` s. The procedure of
-    :func:`unbroken_benches.http.sse_run` with the writer moved."""
-    path = stream_name("sse")
-    deferred = DeferredFeed()
-    sink = array.array("q")
-    subs: list[SseReader] = []
-    tasks: list = []
-    writer = SseWriter(writer_server, path)
-    try:
-        setup = await HttpConnection.open(writer_server.host, writer_server.port)
-        try:
-            await create_stream(setup, path, JSON_TYPE)
-        finally:
-            setup.close()
-        conns = await open_connections(reader_server.host, reader_server.port, readers,
-                                       deferred)
-        subs = [SseReader(reader_server, path, deferred, sink) for _ in conns]
-        tasks = [asyncio.ensure_future(r.run(c)) for r, c in zip(subs, conns)]
-        await asyncio.wait_for(asyncio.gather(*(r.ready for r in subs)), SSE_READY_TIMEOUT)
-        await writer.write(-SSE_WARMUP_MESSAGES, 0, rate)   # warm-up: never counted
-        await writer.finish(SSE_DRAIN)
-        count = max(1, round(duration * rate))
-        meter = _CpuMeters([writer_server, reader_server])
-        await writer.write(0, count, rate)
-        unanswered = await writer.finish(SSE_DRAIN)
-        expected = count * readers
-        deadline = time.perf_counter() + SSE_DRAIN
-        while sum(r.received for r in subs) < expected and time.perf_counter() < deadline:
-            await asyncio.sleep(0.01)
-        seconds, srv_cpu, cli_cpu = meter.stop()
-        received = sum(r.received for r in subs)
-        errors = writer.errors + sum(r.errors for r in subs)
-        resub = sum(r.resubscribes for r in subs)
-        acks = Latency.of_ns(writer.acks)
-        note = (f"{count} messages x {readers} readers (writer lag max "
-                f"{writer.max_lag * 1e3:.0f} ms, {len(writer.conns)} writer connections)")
-        if acks:
-            note += f"; POST answered p50 {acks.p50:.1f} ms, p99 {acks.p99:.1f} ms"
-        if unanswered:
-            note += f"; {unanswered} POSTs unanswered"
-        if resub:
-            note += f"; {resub} {SseReader.RESUBSCRIBED}"
-        if writer.first_error:
-            note += f"; first error: {writer.first_error}"
-        return Run(seconds, received, 0, errors, array.array("q", sink),
-                   missing=max(0, expected - received), server_cpu=srv_cpu,
-                   client_cpu=cli_cpu, note=note)
-    finally:
-        for r in subs:
-            r.stop()
-        writer.close()
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
-            for t in tasks:
-                t.cancel()
+    same store) at ``rate`` messages/s for ``duration`` s: the procedure of
+    :func:`unbroken_benches.http.sse_run`, both servers' CPU metered."""
+    return await sse_run(reader_server, readers, rate, duration, writer_server=writer_server,
+                         meter=lambda: _CpuMeters([writer_server, reader_server]))
 
 
 # ---- the stores under test ------------------------------------------------------------------
