@@ -242,11 +242,8 @@ def split_url(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 80
 
 
-
-
-
-
-def non_negative_float(text: str) -> float:
+def non_negative_seconds(text: str) -> float:
+    """A number of seconds >= 0 (a warm-up may be 0)."""
     try:
         x = float(text)
     except ValueError:
@@ -254,8 +251,6 @@ def non_negative_float(text: str) -> float:
     if not (x >= 0 and math.isfinite(x)):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
     return x
-
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -299,7 +294,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--duration", type=positive_float, default=None, metavar="SECONDS",
         help=f"timed part of one append round (default: {FULL.duration:g}, "
              f"quick {QUICK.duration:g})")
-    add("--warmup", type=non_negative_float, default=None, metavar="SECONDS",
+    add("--warmup", type=non_negative_seconds, default=None, metavar="SECONDS",
         help=f"untimed start of each append round (default: {FULL.warmup:g}, "
              f"quick {QUICK.warmup:g})")
     add("--read-mib", type=positive_int, default=None, metavar="MIB",

@@ -101,6 +101,7 @@ from .http import (
     fsync_probe,
     json_body,
     load_average,
+    non_negative_seconds,
     open_connections,
     readers_list,
     request_bytes,
@@ -183,17 +184,6 @@ def body_size(text: str) -> int:
     if not 16 <= n <= 1 << 20:
         raise argparse.ArgumentTypeError(f"body size {n} out of range 16..{1 << 20}")
     return n
-
-
-def non_negative_seconds(text: str) -> float:
-    """A number of seconds >= 0 (a warm-up may be 0)."""
-    try:
-        x = float(text)
-    except ValueError:
-        x = math.nan
-    if not (x >= 0 and math.isfinite(x)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
-    return x
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
