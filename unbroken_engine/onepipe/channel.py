@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import CallFailed, OnePipeError, SchemaError, Unavailable
+from .errors import CallFailed, OnePipeError, SchemaError
 from .flow import _runtime, _Writer, check_name
 from .runtime import Runtime
 from .schema import check_json
@@ -138,7 +138,7 @@ class Channel:
                   "seconds": round(time.monotonic() - started, 6)}
         try:
             await self._writer.append([record])
-        except (Unavailable, OnePipeError) as exc:
+        except OnePipeError as exc:  # Unavailable included
             # The handler ran; only its record is missing: the call stays
             # visible as unfinished, which is what a crash here would leave.
             log.warning("channel %s: could not record the outcome of call %s: %s",

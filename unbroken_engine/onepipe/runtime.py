@@ -250,7 +250,6 @@ class _EmbeddedServer:
         self._portal_cm = None
         self._portal = None
         self._ctx = None
-        self._store = None
         self._done = None
 
     def start(self) -> str:

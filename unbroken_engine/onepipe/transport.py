@@ -21,7 +21,7 @@ import logging
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 from urllib.parse import quote
 
@@ -94,7 +94,6 @@ class Retry:
     retry_for: float = 30.0
     first: float = 0.05
     most: float = 2.0
-    _deadline: float | None = field(default=None, repr=False)
 
     def delays(self):
         """Jittered, growing delays until ``retry_for`` has passed."""
@@ -232,10 +231,7 @@ class LocalTransport(Transport):
                      r.up_to_date, r.closed)
 
     async def read_last(self, path: str) -> Last:
-        read_last = getattr(self.store, "read_last", None)
-        if read_last is None:  # a store without the method: scan
-            return await _scan_last(self, path)
-        r = await self._call(path, read_last, path)
+        r = await self._call(path, self.store.read_last, path)
         value = json.loads(bytes(r.data)) if r.found else None
         return Last(r.found, value, format_offset(r.offset) if r.found else None,
                     format_offset(r.next_offset), r.closed)
