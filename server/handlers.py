@@ -19,6 +19,7 @@ import xxhash
 
 from unbroken_engine import __version__
 from unbroken_engine import errors as e
+from unbroken_engine import framing
 from unbroken_engine.media import is_json
 from unbroken_engine.offsets import NOW, START, format_offset, parse_offset
 from unbroken_engine.producers import ProducerOutcome
@@ -361,10 +362,7 @@ async def handle_read_last(ctx: ServerContext, req: Request, path: str) -> Respo
         await ctx.store.get(path)  # a missing stream is a 404 before a bad query
         raise
     r = await ctx.store.read_last(path)
-    if is_json(r.content_type):
-        body = b"[" + r.data + b"]" if r.found else b"[]"
-    else:
-        body = r.data
+    body = framing.join([r.data] if r.found else [], is_json(r.content_type))
     headers = [*cors.COMMON, ("Content-Type", r.content_type),
                (h.STREAM_NEXT_OFFSET, format_offset(r.next_offset)),
                (h.STREAM_UP_TO_DATE, "true"), (h.STREAM_READ, "last"), cors.NO_STORE]

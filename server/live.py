@@ -4,7 +4,8 @@ Both wait on the store's notifier (``wait_for_messages``), never poll.
 
 SSE framing (byte-exact, what clients and the conformance suite expect):
 ``event: data`` then one ``data:`` line per line of the payload -- split on
-CRLF, CR and LF so a payload can never end an event or forge one -- then a
+CRLF, CR and LF so a payload can never end an event or forge one, and a line
+that starts with a space given one more (readers strip one) -- then a
 blank line; after *every* data event a ``control`` event carrying
 ``streamNextOffset``, ``streamCursor`` and ``upToDate``; each pair goes out in
 one write. Binary streams carry base64 (header ``Stream-SSE-Data-Encoding:
@@ -39,11 +40,6 @@ KEEPALIVE = b":\n\n"
 KEEPALIVE_EVERY = 15.0
 
 
-def has_payload(r) -> bool:
-    """Whether a read carries messages (a JSON read of nothing is ``[]``)."""
-    return len(r.data) > 0 and r.data != b"[]"
-
-
 async def long_poll(ctx, req, path: str, offset) -> Response:
     """``live=long-poll``: data now, data within the timeout, or 204."""
     from .handlers import read_response
@@ -54,7 +50,7 @@ async def long_poll(ctx, req, path: str, offset) -> Response:
         at, closed = (await store.get(path)).next_offset, False
     else:
         r = await store.read(path, offset, chunk)
-        if has_payload(r):
+        if r.has_messages:
             return read_response(req, path, req.param("offset"), r,
                                  extra=[(h.STREAM_CURSOR, cursor)])
         at, closed = r.next_offset, r.closed
@@ -64,7 +60,7 @@ async def long_poll(ctx, req, path: str, offset) -> Response:
         if remaining <= 0 or not await wait(ctx, path, at, remaining):
             break
         r = await store.read(path, at, chunk)
-        if has_payload(r):
+        if r.has_messages:
             return read_response(req, path, format_offset(at), r,
                                  extra=[(h.STREAM_CURSOR, cursor)])
         at, closed = r.next_offset, r.closed
@@ -86,7 +82,10 @@ def data_event(payload: bytes, binary: bool) -> bytes:
         lines = [base64.b64encode(payload)]
     else:
         lines = _LINES.split(payload)
-    return b"event: data\n" + b"".join(b"data:" + ln + b"\n" for ln in lines) + b"\n"
+    # an SSE reader strips one space after "data:": a line that starts with
+    # one gets another, so its own survives
+    return b"event: data\n" + b"".join(
+        (b"data: " if ln[:1] == b" " else b"data:") + ln + b"\n" for ln in lines) + b"\n"
 
 
 def control_event(next_offset: int, cursor: str | None, up_to_date: bool,
@@ -135,7 +134,7 @@ async def _events(ctx, req, path: str, offset, binary: bool):
             return  # the shared store went away: end cleanly; the client reconnects
         offset = r.next_offset
         cursor = next_cursor(cursor)
-        if has_payload(r):
+        if r.has_messages:
             # a data event and its control go out in one write; at the end of
             # a closed stream the control is the closing one
             yield data_event(bytes(r.data), binary) + control_event(

@@ -411,11 +411,11 @@ def new_buffer(size: int):
     return buf, (ffi.from_buffer(buf), size)
 
 
-def offset_pointer(out, skip: int, reserve: int = 0):
-    """``out`` advanced by ``skip`` bytes, its capacity less ``reserve`` bytes
-    (room kept free after the window), for writing between a prefix and a suffix."""
+def offset_pointer(out, skip: int):
+    """``out`` advanced by ``skip`` bytes (its capacity less as much), for
+    writing after what is already there."""
     ptr, cap = out
-    return ptr + skip, cap - reserve
+    return ptr + skip, cap - skip
 
 
 def lengths_array(lengths):

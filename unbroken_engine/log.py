@@ -115,8 +115,8 @@ class RecoveryReport:
 class ReadResult:
     """A catch-up read.
 
-    :ivar data: the payloads (JSON mode: one JSON array), zero-copy view of a
-        buffer owned by this result
+    :ivar data: the payloads (JSON mode: joined by ``,``, the contents of a
+        JSON array), zero-copy view of a buffer owned by this result
     :ivar next_offset: offset after the last record read (pass it to the next read)
     :ivar closed: a close record was read; nothing follows it
     :ivar at_end: ``next_offset`` was the end of the log when the read finished
@@ -543,8 +543,9 @@ class SegmentedLog:
         Payloads are gathered in C into one buffer, each record's CRC verified,
         stopping on a record boundary once ``max_bytes`` is reached (the first
         record is returned whole even when larger) and after a close record.
-        In JSON mode the result is one JSON array of the messages (``[]`` when
-        there are none). With ``until`` (a record boundary), nothing at or past
+        In JSON mode the payloads (each one or more JSON values joined by
+        ``,``) are joined by ``,``: the contents of the JSON array the store
+        frames (:mod:`~unbroken_engine.framing`); empty when there are none. With ``until`` (a record boundary), nothing at or past
         it is read and ``at_end`` means "reached ``until``" (a fork's view of
         its source). Safe to call from any thread or task.
 
@@ -558,19 +559,17 @@ class SegmentedLog:
             raise errors.InvalidOffset(offset, "beyond the end of the log")
         stop = self.end_offset if until is None else min(until, self.end_offset)
         i, segments = self._segment_for(offset)
-        extra = 2 if json else 0
         # never more room than the log holds from here (payloads < records)
-        buf, out = nat.new_buffer(max(0, min(max_bytes, stop - offset)) + extra)
+        buf, out = nat.new_buffer(max(0, min(max_bytes, stop - offset)))
         filled = records = messages = 0
         closed = started = False
         while True:
             seg = segments[i]
             pos = offset - seg.base + HEADER
-            skip = filled + (1 if json else 0)  # JSON: leave room for "[" and "]"
             r = seg.native.read_into(pos, stop - seg.base + HEADER,
-                                     nat.offset_pointer(out, skip, extra + filled), json, started)
+                                     nat.offset_pointer(out, filled), json, started)
             if r.need and records == 0 and filled == 0:
-                buf, out = nat.new_buffer(r.need + extra)
+                buf, out = nat.new_buffer(r.need)
                 continue
             filled += r.bytes
             records += r.records
@@ -584,10 +583,6 @@ class SegmentedLog:
                 break
             i += 1
         at_end = offset >= (self.end_offset if until is None else stop)
-        if json:
-            buf[0] = 0x5B  # [
-            buf[filled + 1] = 0x5D  # ]
-            filled += 2
         return ReadResult(memoryview(buf)[:filled], offset, records, messages, closed, at_end)
 
     def records(self, offset: int | None = None) -> Iterator[Record]:

@@ -129,7 +129,7 @@ class MemoryLog:
             if rec.type in _CLOSERS:
                 closed = True
                 break
-        data = b"[" + b",".join(p for p in parts if p) + b"]" if json else b"".join(parts)
+        data = (b"," if json else b"").join(p for p in parts if p)
         return ReadResult(memoryview(data), offset, records, messages, closed, offset >= stop)
 
     def records(self, offset: int | None = None) -> Iterator[Record]:

@@ -57,7 +57,7 @@ from typing import Awaitable, Callable
 import anyio
 
 from . import _native as nat
-from . import errors
+from . import errors, framing
 from .log import RecordType
 from .media import is_json, media_type
 from .notify import StreamNotifier
@@ -823,16 +823,13 @@ class SharedStreamStore(StreamStore):
         tail = row.tail
         closed = row.closed_at is not None
         if offset is NOW:
-            return ReadResult(b"[]" if row.json else b"", tail, True, closed, row.content_type)
+            return ReadResult(framing.empty(row.json), tail, True, closed, row.content_type)
         if offset is None or offset is START:
             offset = row.chain[0][1] if row.chain else row.base
         if not isinstance(offset, int) or offset < 0 or offset > tail:
             raise errors.InvalidOffset(offset, "beyond the tail of the stream")
         parts, nxt = await self._read_range(row, offset, max_bytes)
-        if row.json:
-            data = b"[" + b",".join(parts) + b"]"
-        else:
-            data = b"".join(parts)
+        data = framing.join(parts, row.json)
         up_to_date = nxt >= tail
         return ReadResult(data, nxt, up_to_date, up_to_date and closed, row.content_type)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from . import _native as nat
-from . import errors
+from . import errors, framing
 from .media import is_json
 from .producers import ProducerOutcome
 
@@ -145,6 +145,12 @@ class ReadResult:
     closed: bool
     content_type: str = DEFAULT_CONTENT_TYPE
 
+    @property
+    def has_messages(self) -> bool:
+        """Whether the read holds at least one message (a JSON read of none is
+        ``[]``; a binary message whose bytes are ``[]`` is a message)."""
+        return framing.holds_messages(self.data, is_json(self.content_type))
+
 
 @dataclass(frozen=True)
 class LastMessage:
@@ -182,11 +188,6 @@ def last_json_value(payload, count: int | None) -> bytes:
         return bytes(payload).strip(b" \t\r\n")
     cut = len(nat.json_prefix(payload, count - 1))
     return bytes(payload[cut + 1:]).strip(b" \t\r\n")  # past the ','
-
-
-def _holds_message(r: ReadResult) -> bool:
-    """Whether a read returned at least one message (JSON: not ``[]``)."""
-    return len(r.data) > (2 if is_json(r.content_type) else 0)
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,7 @@ class StreamStore(abc.ABC):
             r = await self.read(path, start)
         page_start = page_end = None
         while True:
-            if _holds_message(r):
+            if r.has_messages:
                 page_start, page_end = start, r.next_offset
             if r.up_to_date:
                 break
@@ -312,7 +313,7 @@ class StreamStore(abc.ABC):
         at, last, piece = page_start, None, None
         while at < page_end:
             one = await self.read(path, at, max_bytes=1)
-            if _holds_message(one):
+            if one.has_messages:
                 last, piece = at, one
             if one.next_offset <= at:
                 break  # cannot happen: a read below the tail returns a record

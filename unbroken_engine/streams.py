@@ -28,7 +28,7 @@ from datetime import datetime
 import msgpack
 
 from . import _native as nat
-from . import errors
+from . import errors, framing
 from .log import RecordType
 from .media import is_json, media_type
 from .notify import StreamNotifier
@@ -622,17 +622,14 @@ class BaseStreamStore(StreamStore):
         s = self._lookup(path, touch=True)
         tail = self._visible_end(s)
         if offset is NOW:
-            return ReadResult(b"[]" if s.json else b"", tail, True, self._closed_visible(s),
+            return ReadResult(framing.empty(s.json), tail, True, self._closed_visible(s),
                               s.content_type)
         if offset is None or offset is START:
             offset = s.start_offset()
         if not isinstance(offset, int) or offset < 0 or offset > tail:
             raise errors.InvalidOffset(offset, "beyond the tail of the stream")
         parts, nxt = self._read_range(s, offset, max_bytes, tail)
-        if s.json:
-            data = b"[" + b",".join(parts) + b"]"
-        else:
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        data = framing.join(parts, s.json)
         up_to_date = nxt >= tail
         return ReadResult(data, nxt, up_to_date, up_to_date and self._closed_visible(s),
                           s.content_type)
@@ -719,7 +716,7 @@ class BaseStreamStore(StreamStore):
         if offset < s.log.start_offset and s.source is None:
             raise errors.OffsetGone(offset, s.log.start_offset)
         r = s.log.read(offset, budget, json=s.json, until=min(until, self._visible_end(s)))
-        data = r.data[1:-1] if s.json else r.data
+        data = r.data
         if parts and len(data) + (1 if s.json else 0) > budget:
             return parts, offset  # the first own append does not fit this page
         if len(data):

@@ -925,7 +925,7 @@ def test_worked_example_offsets_and_bytes(tmp_path):
         assert log.write(b"", attrs=bytes.fromhex("81a17093a277310007"),
                          type=nat.REC_CLOSE, msg_count=0) == 71
         assert log.is_closed and log.message_count == 3
-        assert bytes(log.read(0, json=True).data) == b'[hello,{"a":1},2]'
+        assert bytes(log.read(0, json=True).data) == b'hello,{"a":1},2'
     data = (tmp_path / "log" / layout.segment_name(0)).read_bytes()
     assert data[64:135] == bytes.fromhex(
         "4d7119cc050000000000010001000000" "68656c6c6f"
