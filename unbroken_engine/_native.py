@@ -15,7 +15,18 @@ import os
 from dataclasses import dataclass
 
 from . import errors
-from ._cext import ffi, lib
+
+try:
+    from ._cext import ffi, lib
+except ModuleNotFoundError as exc:
+    if exc.name != f"{__package__}._cext":
+        raise
+    _here = os.path.dirname(os.path.abspath(__file__))
+    raise ImportError(
+        f"the C extension {__package__}._cext is not built in {_here}: Python is importing "
+        f"the source tree at {_here} (the current directory is probably the repository "
+        "root); run `pip install -e .` to build it in place, or run from another "
+        "directory") from exc
 
 # ---- constants re-exported from cext/ub_format.h -------------------------
 SEG_HEADER_SIZE: int = lib.UB_SEG_HEADER_SIZE
