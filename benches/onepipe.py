@@ -1,4 +1,4 @@
-"""Measure OnePipe's application layer (unbroken_engine.onepipe: Flow and
+"""Measure OnePipe's application layer (unbroken_server.onepipe: Flow and
 Signal) in each of connect()'s three modes, every figure set beside a
 baseline measured in the same run: what the layer costs, and what it buys.
 
@@ -453,7 +453,7 @@ class ScanLast(TransportProxy):
 
     async def read_last(self, path: str):
         """The latest message, found by reading every message (``_scan_last``)."""
-        from unbroken_engine.onepipe.transport import _scan_last
+        from unbroken_server.onepipe.transport import _scan_last
 
         return await _scan_last(self.inner, path)
 
@@ -462,7 +462,7 @@ class CountingAppends(TransportProxy):
     """Counts appends and the SeqConflicts they are answered with."""
 
     def __init__(self, inner):
-        from unbroken_engine.onepipe import SeqConflict
+        from unbroken_server.onepipe import SeqConflict
 
         super().__init__(inner)
         self.appends = 0
@@ -560,7 +560,7 @@ class Mode:
     async def open(self, root: str, progress: Progress) -> None:
         """Open the runtime (and, inprocess, its store)."""
         from unbroken_engine import Durability, FileBackedStreamStore, LogConfig
-        from unbroken_engine.onepipe import connect
+        from unbroken_server.onepipe import connect
 
         data_dir = os.path.join(root, self.name)
         if self.failed is not None:
@@ -609,7 +609,7 @@ class Mode:
         """An op appending ``body`` to a new JSON stream without the Flow layer:
         the store's append in-process, a POST through the runtime's client
         otherwise."""
-        from unbroken_engine.store import AppendOptions
+        from unbroken_engine.stores.interface import AppendOptions
 
         path = f"bench/raw-{uuid.uuid4().hex[:12]}"
         await self.rt.transport.ensure(path)
@@ -637,8 +637,8 @@ class Mode:
     async def history(self, values: int):
         """The signal of signal_get holding ``values`` values, written once,
         at first use, as :func:`fill_plan` says."""
-        from unbroken_engine.onepipe import Signal
-        from unbroken_engine.onepipe.signal import SEQ_WIDTH
+        from unbroken_server.onepipe import Signal
+        from unbroken_server.onepipe.signal import SEQ_WIDTH
 
         if values not in self.histories:
             sig = await Signal.create(f"bench-history-{values}-{uuid.uuid4().hex[:8]}",
@@ -671,7 +671,7 @@ def describe(exc: BaseException) -> str:
 async def append_sample(mode: Mode, case: Case, s: Settings) -> Sample:
     """append (flow or raw) and append_many: one round of closed-loop appends
     to a new stream."""
-    from unbroken_engine.onepipe import Flow
+    from unbroken_server.onepipe import Flow
 
     body = json_body(s.size)
     if case.variant == "raw":
@@ -711,7 +711,7 @@ async def signal_update_sample(mode: Mode, case: Case, s: Settings) -> Sample:
     """signal_update: ``case.n`` tasks incrementing one new signal, its
     conflicts counted; a final value other than the number of updates is
     noted as WRONG."""
-    from unbroken_engine.onepipe import Signal
+    from unbroken_server.onepipe import Signal
 
     sig = await Signal.create(f"bench-update-{uuid.uuid4().hex[:12]}", default=0).build(mode.rt)
     sig.transport = counting = CountingAppends(sig.transport)

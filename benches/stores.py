@@ -637,10 +637,10 @@ def _read(path: str) -> str:
 async def drop_prefix(store: str, url: str, prefix: str) -> None:
     """Delete everything under a run's Redis key prefix or PostgreSQL schema."""
     if backend_of(store) == "redis":
-        from unbroken_engine.redis_store import RedisBackend
+        from unbroken_engine.stores.shared.redis import RedisBackend
         backend = RedisBackend(url, prefix=prefix)
     else:
-        from unbroken_engine.postgres_store import PostgresBackend
+        from unbroken_engine.stores.shared.postgres import PostgresBackend
         backend = PostgresBackend(url, schema=prefix)
     try:
         await backend.drop_everything()

@@ -195,7 +195,7 @@ def _kind(option: str) -> str:
 
 
 async def _open_shared(url: str, prefix: str | None):
-    from unbroken_engine.shared import open_store
+    from unbroken_engine.stores.opening import open_store
 
     if prefix is None:
         return await open_store(url)
@@ -209,7 +209,7 @@ def serve_main(args) -> int:
 
     from unbroken_engine import FileBackedStreamStore, MemoryStreamStore
     from unbroken_engine import errors as e
-    from unbroken_engine.log import Durability, LogConfig
+    from unbroken_engine.log.segmented import Durability, LogConfig
 
     from .app import fds_needed, serve
     from .handlers import ServerConfig, ServerContext

@@ -10,7 +10,7 @@ import errno
 import logging
 
 from unbroken_engine import errors as e
-from unbroken_engine.offsets import format_offset
+from unbroken_engine.protocol.offsets import format_offset
 
 from . import cors
 from . import headers as h

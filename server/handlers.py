@@ -19,12 +19,12 @@ import xxhash
 
 from unbroken_engine import __version__
 from unbroken_engine import errors as e
-from unbroken_engine import framing
-from unbroken_engine.media import is_json
-from unbroken_engine.offsets import NOW, START, format_offset, parse_offset
-from unbroken_engine.producers import ProducerOutcome
-from unbroken_engine.store import AppendOptions, CreateOptions, StreamStore
-from unbroken_engine.streams import check_path
+from unbroken_engine.protocol import framing
+from unbroken_engine.protocol.media import is_json
+from unbroken_engine.protocol.offsets import NOW, START, format_offset, parse_offset
+from unbroken_engine.protocol.producers import ProducerOutcome
+from unbroken_engine.stores.interface import AppendOptions, CreateOptions, StreamStore
+from unbroken_engine.stores.base import check_path
 
 from . import cors, live
 from . import headers as h

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from unbroken_engine.producers import MAX_PRODUCER_NUMBER
-from unbroken_engine.store import Producer
+from unbroken_engine.protocol.producers import MAX_PRODUCER_NUMBER
+from unbroken_engine.stores.interface import Producer
 
 STREAM_NEXT_OFFSET = "Stream-Next-Offset"
 STREAM_UP_TO_DATE = "Stream-Up-To-Date"

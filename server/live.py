@@ -27,8 +27,8 @@ import re
 import time
 
 from unbroken_engine import errors as e
-from unbroken_engine.media import is_text
-from unbroken_engine.offsets import NOW, START, format_offset
+from unbroken_engine.protocol.media import is_text
+from unbroken_engine.protocol.offsets import NOW, START, format_offset
 
 from . import cors
 from . import headers as h

@@ -1,6 +1,6 @@
 """``unbroken verify`` and ``unbroken inspect``: the operator tools' command line.
 
-The logic is in :mod:`unbroken_engine.verify` (importable, returns reports);
+The logic is in :mod:`unbroken_engine.tools.verify` (importable, returns reports);
 this module parses options, renders the reports as text or JSON, draws a
 progress bar on a terminal and maps the verdict to an exit status.
 """
@@ -81,7 +81,7 @@ def _usage_error(command: str, message: str) -> int:
 
 def verify_main(args) -> int:
     from unbroken_engine import errors
-    from unbroken_engine import verify as v
+    from unbroken_engine.tools import verify as v
 
     if args.force and not args.repair:
         return _usage_error("verify", "--force only applies with --repair")
@@ -209,7 +209,7 @@ def _isatty(stream) -> bool:
 
 def inspect_main(args) -> int:
     from unbroken_engine import errors
-    from unbroken_engine import verify as v
+    from unbroken_engine.tools import verify as v
 
     try:
         if args.path is None:
@@ -314,7 +314,7 @@ def _expiry(s) -> str:
 # ---- formatting helpers ------------------------------------------------------------------
 
 def _wire(offset) -> str:
-    from unbroken_engine.offsets import format_offset
+    from unbroken_engine.protocol.offsets import format_offset
 
     return "-" if offset is None else format_offset(offset)
 

@@ -14,8 +14,8 @@ import pytest
 
 from unbroken_benches import onepipe as ob
 from unbroken_benches.http import Run, Server
-from unbroken_engine.onepipe import SeqConflict
-from unbroken_engine.onepipe.transport import Batch
+from unbroken_server.onepipe import SeqConflict
+from unbroken_server.onepipe.transport import Batch
 from unbroken_server import cli
 
 NS = 1_000_000  # one millisecond in nanoseconds

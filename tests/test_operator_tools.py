@@ -26,12 +26,12 @@ from pathlib import Path
 import pytest
 
 from unbroken_engine import _native as nat
-from unbroken_engine import layout
-from unbroken_engine.file_store import FileBackedStreamStore, lock_data_dir
-from unbroken_engine.log import Durability, LogConfig
-from unbroken_engine.offsets import format_offset
-from unbroken_engine.store import AppendOptions, CreateOptions, Producer
-from unbroken_engine.sync import SyncStreamStore
+from unbroken_engine.log import layout
+from unbroken_engine.stores.file import FileBackedStreamStore, lock_data_dir
+from unbroken_engine.log.segmented import Durability, LogConfig
+from unbroken_engine.protocol.offsets import format_offset
+from unbroken_engine.stores.interface import AppendOptions, CreateOptions, Producer
+from unbroken_engine.stores.sync import SyncStreamStore
 from unbroken_server import cli
 from unbroken_server import operator as operator_cli
 

@@ -27,7 +27,7 @@ from .errors import (
     StorageIOError,
     UnbrokenError,
 )
-from .log import (
+from .log.segmented import (
     Durability,
     LogConfig,
     ReadResult,
@@ -37,11 +37,11 @@ from .log import (
     SegmentedLog,
 )
 from ._native import MAX_PAYLOAD, json_flatten, json_validate
-from .file_store import DEFAULT_DATA_DIR, FileBackedStreamStore
-from .memory_store import MemoryStreamStore
-from .offsets import NOW, START, format_offset, parse_offset
-from .producers import ProducerOutcome
-from .store import (
+from .stores.file import DEFAULT_DATA_DIR, FileBackedStreamStore
+from .stores.memory import MemoryStreamStore
+from .protocol.offsets import NOW, START, format_offset, parse_offset
+from .protocol.producers import ProducerOutcome
+from .stores.interface import (
     AppendOptions,
     AppendResult,
     CreateOptions,
@@ -51,7 +51,7 @@ from .store import (
     StreamMeta,
     StreamStore,
 )
-from .sync import SyncStreamStore
+from .stores.sync import SyncStreamStore
 
 __version__ = "0.1.0"
 
@@ -66,8 +66,8 @@ __all__ = [
     "RedisStreamStore", "PostgresStreamStore", "open_store",
 ]
 
-_LAZY = {"RedisStreamStore": ".redis_store", "PostgresStreamStore": ".postgres_store",
-         "open_store": ".shared"}
+_LAZY = {"RedisStreamStore": ".stores.shared.redis",
+         "PostgresStreamStore": ".stores.shared.postgres", "open_store": ".stores.opening"}
 
 
 def __getattr__(name: str):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from unbroken_engine.onepipe import Channel, Flow, SchemaError, Signal, connect
+from unbroken_server.onepipe import Channel, Flow, SchemaError, Signal, connect
 
 ORDERS_PER_RUN = 3
 

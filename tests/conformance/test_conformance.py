@@ -194,11 +194,11 @@ def _drop_shared(store: str, url: str, prefix: str) -> None:
     import asyncio
 
     if store == "redis":
-        from unbroken_engine.redis_store import RedisBackend as backend
+        from unbroken_engine.stores.shared.redis import RedisBackend as backend
 
         b = backend(url, prefix=prefix)
     else:
-        from unbroken_engine.postgres_store import PostgresBackend as backend
+        from unbroken_engine.stores.shared.postgres import PostgresBackend as backend
 
         b = backend(url, schema=prefix)
     asyncio.run(b.drop_everything())

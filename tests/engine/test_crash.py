@@ -20,15 +20,16 @@ import time
 import pytest
 
 from unbroken_engine import _native as nat
-from unbroken_engine import errors, layout
-from unbroken_engine.log import HEADER, Durability, LogConfig, SegmentedLog
+from unbroken_engine import errors
+from unbroken_engine.log import layout
+from unbroken_engine.log.segmented import HEADER, Durability, LogConfig, SegmentedLog
 
 SEGMENT_SIZE = 128 * 1024  # records average ~1 KiB: a roll every ~130 records
 WRITERS = 4
 
 CHILD = textwrap.dedent("""
     import os, sys, threading
-    from unbroken_engine.log import Durability, LogConfig, SegmentedLog
+    from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
 
     directory, cycle, writers, segment_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 

@@ -15,7 +15,7 @@ import pytest
 
 from unbroken_engine import _native as nat
 from unbroken_engine import errors
-from unbroken_engine.log import Durability, LogConfig, SegmentedLog
+from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
 
 SLOW_FLUSH = 0.002  # seconds added to every counted flush (a slow disk)
 

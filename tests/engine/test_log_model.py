@@ -26,7 +26,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, rule,
 
 from unbroken_engine import errors
 from unbroken_engine._native import MAX_ATTRS, REC_HEADER_SIZE
-from unbroken_engine.log import (DEFAULT_READ_BYTES, HEADER, Durability, LogConfig,
+from unbroken_engine.log.segmented import (DEFAULT_READ_BYTES, HEADER, Durability, LogConfig,
                                  RecordType, SegmentedLog)
 
 SEG = 4096

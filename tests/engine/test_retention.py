@@ -8,10 +8,11 @@ import os
 
 import pytest
 
-from unbroken_engine import errors, layout
+from unbroken_engine import errors
+from unbroken_engine.log import layout
 from unbroken_engine import _native as nat
-from unbroken_engine import log as log_module
-from unbroken_engine.log import HEADER, Durability, LogConfig, SegmentedLog
+from unbroken_engine.log import segmented as log_module
+from unbroken_engine.log.segmented import HEADER, Durability, LogConfig, SegmentedLog
 
 SMALL = LogConfig(segment_size=4096, index_interval=128, durability=Durability.NEVER)
 

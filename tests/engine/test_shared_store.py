@@ -28,8 +28,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from unbroken_engine import errors
-from unbroken_engine.producers import ProducerOutcome
-from unbroken_engine.store import AppendOptions, CreateOptions, Producer
+from unbroken_engine.protocol.producers import ProducerOutcome
+from unbroken_engine.stores.interface import AppendOptions, CreateOptions, Producer
 
 pytestmark = pytest.mark.anyio
 
@@ -54,10 +54,10 @@ def backend(request):
 
 def _backend_of(kind, url, prefix):
     if kind == "redis":
-        from unbroken_engine.redis_store import RedisBackend
+        from unbroken_engine.stores.shared.redis import RedisBackend
 
         return RedisBackend(url, prefix=prefix)
-    from unbroken_engine.postgres_store import PostgresBackend
+    from unbroken_engine.stores.shared.postgres import PostgresBackend
 
     return PostgresBackend(url, schema=prefix)
 
@@ -65,10 +65,10 @@ def _backend_of(kind, url, prefix):
 async def open_instance(backend, **kw):
     kind, url, prefix = backend
     if kind == "redis":
-        from unbroken_engine.redis_store import RedisStreamStore
+        from unbroken_engine.stores.shared.redis import RedisStreamStore
 
         return await RedisStreamStore.open(url, prefix=prefix, **kw)
-    from unbroken_engine.postgres_store import PostgresStreamStore
+    from unbroken_engine.stores.shared.postgres import PostgresStreamStore
 
     return await PostgresStreamStore.open(url, schema=prefix, **kw)
 
@@ -224,7 +224,7 @@ async def test_waiters_woken_together_share_one_backend_read(backend):
 
 
 def test_record_cache_serves_only_runs_that_follow_each_other_and_evicts_the_oldest():
-    from unbroken_engine.shared import Rec, RecordCache
+    from unbroken_engine.stores.shared.store import Rec, RecordCache
 
     cache = RecordCache(capacity=3 * (100 + 64))
     recs, at = [], 0
@@ -296,7 +296,7 @@ async def test_schema_is_created_on_first_use_and_a_newer_one_is_refused_untouch
     if kind == "redis":
         import redis.asyncio as aioredis
 
-        from unbroken_engine.redis_store import SCHEMA_VERSION
+        from unbroken_engine.stores.shared.redis import SCHEMA_VERSION
 
         r = aioredis.Redis.from_url(url)
         assert int(await r.get(prefix + "schema")) == SCHEMA_VERSION
@@ -305,7 +305,7 @@ async def test_schema_is_created_on_first_use_and_a_newer_one_is_refused_untouch
     else:
         import psycopg
 
-        from unbroken_engine.postgres_store import SCHEMA_VERSION
+        from unbroken_engine.stores.shared.postgres import SCHEMA_VERSION
 
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
             q = f"SELECT value FROM {prefix}.meta WHERE key = 'schema_version'"
@@ -346,7 +346,7 @@ async def test_two_instances_starting_together_create_the_schema_once(backend):
 def test_the_engine_and_the_server_import_without_the_drivers(tmp_path):
     code = ("import sys; sys.modules['redis'] = None; sys.modules['psycopg'] = None; "
             "sys.modules['psycopg_pool'] = None; import unbroken_engine, unbroken_server.cli; "
-            "from unbroken_engine import errors; from unbroken_engine.shared import open_store\n"
+            "from unbroken_engine import errors; from unbroken_engine.stores.opening import open_store\n"
             "import asyncio\n"
             "for url in ('redis://localhost/0', 'postgresql://localhost/x'):\n"
             "    try:\n"

@@ -25,14 +25,15 @@ import anyio
 import msgpack
 import pytest
 
-from unbroken_engine import errors, layout
-from unbroken_engine.file_store import LOCK_NAME, SNAPSHOT_NAME, FileBackedStreamStore
-from unbroken_engine.log import Durability, LogConfig, SegmentedLog
-from unbroken_engine.memory_log import MemoryLog
-from unbroken_engine.memory_store import MemoryStreamStore
-from unbroken_engine.offsets import NOW, START, ZERO, format_offset, parse_offset
-from unbroken_engine.producers import ProducerOutcome
-from unbroken_engine.store import (
+from unbroken_engine import errors
+from unbroken_engine.log import layout
+from unbroken_engine.stores.file import LOCK_NAME, SNAPSHOT_NAME, FileBackedStreamStore
+from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
+from unbroken_engine.log.memory import MemoryLog
+from unbroken_engine.stores.memory import MemoryStreamStore
+from unbroken_engine.protocol.offsets import NOW, START, ZERO, format_offset, parse_offset
+from unbroken_engine.protocol.producers import ProducerOutcome
+from unbroken_engine.stores.interface import (
     DEFAULT_CONTENT_TYPE,
     MAX_PATH_BYTES,
     AppendOptions,
@@ -40,7 +41,7 @@ from unbroken_engine.store import (
     Producer,
     StreamStore,
 )
-from unbroken_engine.streams import BaseStreamStore
+from unbroken_engine.stores.base import BaseStreamStore
 
 pytestmark = pytest.mark.anyio
 
@@ -91,7 +92,7 @@ def _file_never(tmp_path, clock):
 
 async def _redis(tmp_path, clock):
     url = os.environ.get("REDIS_URL") or pytest.skip("REDIS_URL is not set: no Redis to test")
-    from unbroken_engine.redis_store import RedisStreamStore
+    from unbroken_engine.stores.shared.redis import RedisStreamStore
 
     return await RedisStreamStore.open(url, prefix=f"t{uuid.uuid4().hex[:12]}:", clock=clock)
 
@@ -99,7 +100,7 @@ async def _redis(tmp_path, clock):
 async def _postgres(tmp_path, clock):
     url = os.environ.get("DATABASE_URL") or pytest.skip(
         "DATABASE_URL is not set: no PostgreSQL to test")
-    from unbroken_engine.postgres_store import PostgresStreamStore
+    from unbroken_engine.stores.shared.postgres import PostgresStreamStore
 
     return await PostgresStreamStore.open(url, schema=f"t{uuid.uuid4().hex[:12]}", clock=clock)
 
@@ -2757,7 +2758,7 @@ async def test_read_last_of_rows_written_before_it_was_kept(store, monkeypatch):
     finds the last message by reading the records, until an append sets it."""
     if isinstance(store, BaseStreamStore):
         pytest.skip("the in-process stores' equivalent is an old snapshot (restart tests)")
-    from unbroken_engine.shared import Row
+    from unbroken_engine.stores.shared.store import Row
 
     def old_to_dict(row, _new=Row.to_dict):
         d = _new(row)

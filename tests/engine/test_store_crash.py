@@ -41,18 +41,18 @@ import sys
 import threading
 import time
 
-from unbroken_engine.file_store import FileBackedStreamStore
-from unbroken_engine.log import Durability, LogConfig
-from unbroken_engine.offsets import START
-from unbroken_engine.producers import ProducerOutcome
-from unbroken_engine.store import AppendOptions, Producer
-from unbroken_engine.sync import SyncStreamStore
+from unbroken_engine.stores.file import FileBackedStreamStore
+from unbroken_engine.log.segmented import Durability, LogConfig
+from unbroken_engine.protocol.offsets import START
+from unbroken_engine.protocol.producers import ProducerOutcome
+from unbroken_engine.stores.interface import AppendOptions, Producer
+from unbroken_engine.stores.sync import SyncStreamStore
 
 # Shared by the child (prepended to its script) and the parent (exec'd below):
 # the one definition of the store's configuration and of every payload.
 COMMON = r'''
 import json
-from unbroken_engine.log import Durability, LogConfig
+from unbroken_engine.log.segmented import Durability, LogConfig
 
 # small segments: records average ~300 bytes, so a cycle rolls a few times
 CONFIG = LogConfig(segment_size=16 * 1024, index_interval=512, durability=Durability.ALWAYS)
@@ -79,9 +79,9 @@ def body(writer, i, json_mode):
 CHILD = COMMON + r'''
 import os, sys
 import anyio
-from unbroken_engine.file_store import FileBackedStreamStore
-from unbroken_engine.producers import ProducerOutcome
-from unbroken_engine.store import AppendOptions, CreateOptions, Producer
+from unbroken_engine.stores.file import FileBackedStreamStore
+from unbroken_engine.protocol.producers import ProducerOutcome
+from unbroken_engine.stores.interface import AppendOptions, CreateOptions, Producer
 
 directory, path, ctype = sys.argv[1], sys.argv[2], sys.argv[3]
 cycle, writers, first_seq = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])

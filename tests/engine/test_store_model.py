@@ -79,15 +79,15 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 from unbroken_engine import errors
-from unbroken_engine.file_store import FileBackedStreamStore
-from unbroken_engine.log import Durability, LogConfig
-from unbroken_engine.media import is_json
-from unbroken_engine.memory_store import MemoryStreamStore
-from unbroken_engine.offsets import NOW, START
-from unbroken_engine.store import (DEFAULT_READ_CHUNK, AppendOptions, AppendResult,
+from unbroken_engine.stores.file import FileBackedStreamStore
+from unbroken_engine.log.segmented import Durability, LogConfig
+from unbroken_engine.protocol.media import is_json
+from unbroken_engine.stores.memory import MemoryStreamStore
+from unbroken_engine.protocol.offsets import NOW, START
+from unbroken_engine.stores.interface import (DEFAULT_READ_CHUNK, AppendOptions, AppendResult,
                                    CreateOptions, CreateResult, Producer, ReadResult,
                                    StreamMeta)
-from unbroken_engine.sync import SyncStreamStore
+from unbroken_engine.stores.sync import SyncStreamStore
 
 CONFIG = LogConfig(segment_size=8192, index_interval=256, durability=Durability.ALWAYS)
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 
 from unbroken_engine import _native as nat
-from unbroken_engine import layout
-from unbroken_engine.file_store import FileBackedStreamStore
-from unbroken_engine.log import Durability, LogConfig
-from unbroken_engine.store import CreateOptions
-from unbroken_engine.sync import SyncStreamStore
+from unbroken_engine.log import layout
+from unbroken_engine.stores.file import FileBackedStreamStore
+from unbroken_engine.log.segmented import Durability, LogConfig
+from unbroken_engine.stores.interface import CreateOptions
+from unbroken_engine.stores.sync import SyncStreamStore
 
 S = "/v1/stream/"
 CONFIG = LogConfig(segment_size=1024, index_interval=64, durability=Durability.NEVER)

@@ -148,7 +148,7 @@ def read_all(client: Client, path: str, offset: str = "-1") -> tuple[list, bool]
 def verify_offline(data: Path):
     """What ``unbroken verify DATA`` checks (read-only, in this process, the
     server stopped): asserts no stream is damaged; returns the report."""
-    from unbroken_engine.verify import verify
+    from unbroken_engine.tools.verify import verify
 
     report = verify(str(data))
     assert report.exit_status == 0, [s for s in report.streams if s.status == "damaged"]

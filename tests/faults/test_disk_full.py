@@ -27,8 +27,8 @@ import os
 import pytest
 
 from unbroken_engine import FileBackedStreamStore, errors
-from unbroken_engine.log import Durability, LogConfig
-from unbroken_engine.store import AppendOptions, CreateOptions
+from unbroken_engine.log.segmented import Durability, LogConfig
+from unbroken_engine.stores.interface import AppendOptions, CreateOptions
 
 MiB = 1 << 20
 KiB = 1 << 10

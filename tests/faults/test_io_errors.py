@@ -48,9 +48,9 @@ import pytest
 
 from unbroken_engine import FileBackedStreamStore, errors
 from unbroken_engine import _native as nat
-from unbroken_engine.file_store import LOCK_NAME
-from unbroken_engine.log import Durability, LogConfig, SegmentedLog
-from unbroken_engine.store import CreateOptions
+from unbroken_engine.stores.file import LOCK_NAME
+from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
+from unbroken_engine.stores.interface import CreateOptions
 
 ALWAYS = LogConfig(durability=Durability.ALWAYS)
 TEXT = {"Content-Type": "text/plain"}

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 
 from unbroken_engine import _native as nat
-from unbroken_engine import layout
-from unbroken_engine.log import Durability, LogConfig, SegmentedLog
+from unbroken_engine.log import layout
+from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
 
 HEADER = nat.SEG_HEADER_SIZE
 REC_HEADER = nat.REC_HEADER_SIZE

@@ -32,9 +32,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from unbroken_engine import _native as nat
-from unbroken_engine import errors, layout
+from unbroken_engine import errors
+from unbroken_engine.log import layout
 from unbroken_engine.errors import CorruptSegment, InvalidOffset, LogClosedError, RecordTooLarge
-from unbroken_engine.log import Durability, LogConfig, SegmentedLog
+from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
 
 HEADER = nat.SEG_HEADER_SIZE
 H = nat.REC_HEADER_SIZE

@@ -54,7 +54,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from unbroken_engine.onepipe import Flow, StreamClosed, connect
+from unbroken_server.onepipe import Flow, StreamClosed, connect
 
 pytestmark = pytest.mark.anyio
 

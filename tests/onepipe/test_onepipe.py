@@ -27,7 +27,7 @@ import anyio
 import httpx
 import pytest
 
-from unbroken_engine.onepipe import (
+from unbroken_server.onepipe import (
     Channel,
     DataDirInUse,
     Flow,
@@ -41,8 +41,8 @@ from unbroken_engine.onepipe import (
     connect,
     current_runtime,
 )
-from unbroken_engine.onepipe.runtime import Runtime
-from unbroken_engine.onepipe.transport import HttpTransport, Retry, _sse_lines
+from unbroken_server.onepipe.runtime import Runtime
+from unbroken_server.onepipe.transport import HttpTransport, Retry, _sse_lines
 
 pytestmark = pytest.mark.anyio
 
@@ -455,7 +455,7 @@ async def test_non_json_arguments_are_refused_and_nothing_recorded(rt):
 
 CRASHER = textwrap.dedent("""
     import os, sys, anyio
-    from unbroken_engine.onepipe import Channel, connect
+    from unbroken_server.onepipe import Channel, connect
 
     async def main(mode, where, channel):
         kw = {"url": where} if mode == "remote" else {"data_dir": where}
@@ -570,7 +570,7 @@ async def test_embedded_server_keeps_data_across_runs(tmp_path):
 
 
 def test_the_sync_facade(tmp_path):
-    from unbroken_engine.onepipe.sync import connect as sync_connect
+    from unbroken_server.onepipe.sync import connect as sync_connect
 
     with sync_connect(mode="embedded", port=0, data_dir=tmp_path / "s", environ={}) as rt:
         orders = rt.build(Flow.create("orders").schema(Order))
@@ -641,7 +641,7 @@ async def test_subscribe_resumes_after_the_embedded_server_restarts(tmp_path):
 
 UPDATER = textwrap.dedent("""
     import sys, anyio
-    from unbroken_engine.onepipe import Signal, connect
+    from unbroken_server.onepipe import Signal, connect
 
     async def main(mode, where, signal, n):
         kw = {"url": where} if mode == "remote" else {"port": int(where), "data_dir": "unused"}

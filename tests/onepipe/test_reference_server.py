@@ -50,7 +50,7 @@ import anyio
 import httpx
 import pytest
 
-from unbroken_engine.onepipe import (
+from unbroken_server.onepipe import (
     Channel,
     Flow,
     Schema,
@@ -59,8 +59,8 @@ from unbroken_engine.onepipe import (
     StreamClosed,
     connect,
 )
-from unbroken_engine.onepipe.transport import HttpTransport
-from unbroken_engine.store import Producer
+from unbroken_server.onepipe.transport import HttpTransport
+from unbroken_engine.stores.interface import Producer
 
 pytestmark = pytest.mark.anyio
 

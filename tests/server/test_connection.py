@@ -13,8 +13,8 @@ import h11
 import pytest
 
 from unbroken_engine import FileBackedStreamStore
-from unbroken_engine.offsets import START
-from unbroken_engine.store import AppendOptions, CreateOptions
+from unbroken_engine.protocol.offsets import START
+from unbroken_engine.stores.interface import AppendOptions, CreateOptions
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from unbroken_engine.offsets import format_offset, parse_offset
+from unbroken_engine.protocol.offsets import format_offset, parse_offset
 
 pytestmark = pytest.mark.anyio
 

@@ -15,8 +15,8 @@ import anyio
 import pytest
 
 from unbroken_engine import MemoryStreamStore
-from unbroken_engine.offsets import format_offset, parse_offset
-from unbroken_engine.store import AppendOptions, CreateOptions
+from unbroken_engine.protocol.offsets import format_offset, parse_offset
+from unbroken_engine.stores.interface import AppendOptions, CreateOptions
 from unbroken_server.cursor import current_interval
 
 pytestmark = pytest.mark.anyio

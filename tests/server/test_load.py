@@ -10,7 +10,7 @@ import resource
 import anyio
 import pytest
 
-from unbroken_engine.store import CreateOptions
+from unbroken_engine.stores.interface import CreateOptions
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -410,11 +410,11 @@ def shared_store(request):
 
 async def _drop_shared(kind: str, url: str, prefix: str) -> None:
     if kind == "redis":
-        from unbroken_engine.redis_store import RedisBackend
+        from unbroken_engine.stores.shared.redis import RedisBackend
 
         await RedisBackend(url, prefix=prefix).drop_everything()
     else:
-        from unbroken_engine.postgres_store import PostgresBackend
+        from unbroken_engine.stores.shared.postgres import PostgresBackend
 
         await PostgresBackend(url, schema=prefix).drop_everything()
 

@@ -137,12 +137,12 @@ async def any_store(request, tmp_path, anyio_backend):
         store = FileBackedStreamStore(tmp_path / "data")
     elif kind == "redis":
         url = os.environ.get("REDIS_URL") or pytest.skip("REDIS_URL is not set: no Redis to test")
-        from unbroken_engine.redis_store import RedisStreamStore
+        from unbroken_engine.stores.shared.redis import RedisStreamStore
         store = await RedisStreamStore.open(url, prefix=f"t{uuid.uuid4().hex[:12]}:")
     else:
         url = os.environ.get("DATABASE_URL") or pytest.skip(
             "DATABASE_URL is not set: no PostgreSQL to test")
-        from unbroken_engine.postgres_store import PostgresStreamStore
+        from unbroken_engine.stores.shared.postgres import PostgresStreamStore
         store = await PostgresStreamStore.open(url, schema=f"t{uuid.uuid4().hex[:12]}")
     try:
         yield store

@@ -1,42 +1,22 @@
-"""OnePipe's application side for Python: flows, channels and signals.
+"""The OnePipe builders' first import path, kept working.
 
-Applications declare *flows* (event streams), *channels* (calls recorded
-durably) and *signals* (persisted values); the runtime keeps them in Unbroken
-streams -- ``flows/{name}``, ``channels/{name}/calls``, ``signals/{name}`` --
-in this process, through an embedded server it starts, or on a remote server
-(see :mod:`.runtime`)::
-
-    from unbroken_engine.onepipe import Channel, Flow, Signal, connect
-
-    async with connect() as rt:
-        orders = await Flow.create("orders").schema(Order).build()
-        await orders.append(Order(id=1, total=9.5))
-        async for offset, order in orders.read():
-            ...
-        flag = await Signal.create("new-checkout", default=False).build()
-        await flag.set(True)
-
-Async first; :mod:`.sync` is the blocking facade. Errors are in :mod:`.errors`.
+The application layer lives above the server, in :mod:`unbroken_server.onepipe`
+(it embeds the server and speaks HTTP to remote ones); this module re-exports
+its public names, so ``from unbroken_engine.onepipe import Flow`` goes on
+working. Nothing here is imported by the engine itself: the names load on
+first use (PEP 562), so ``import unbroken_engine`` never pulls in the layer
+above it.
 """
-from .channel import CallRecord, Channel
-from .errors import (
-    CallFailed,
-    DataDirInUse,
-    NoRuntime,
-    NotFound,
-    OnePipeError,
-    ProducerFenced,
-    SchemaError,
-    SeqConflict,
-    StreamClosed,
-    Unavailable,
-)
-from .flow import Flow
-from .runtime import Runtime, connect, current_runtime
-from .schema import Schema
-from .signal import Signal, SignalState
+from __future__ import annotations
 
-__all__ = ["Flow", "Channel", "Signal", "connect", "Runtime", "current_runtime", "Schema",
-           "SignalState", "CallRecord", "OnePipeError", "SchemaError", "NotFound",
-           "StreamClosed", "SeqConflict", "ProducerFenced", "Unavailable", "NoRuntime",
-           "CallFailed", "DataDirInUse"]
+import importlib
+
+_TARGET = "unbroken_server.onepipe"
+
+
+def __getattr__(name: str):
+    return getattr(importlib.import_module(_TARGET), name)
+
+
+def __dir__():
+    return sorted(importlib.import_module(_TARGET).__all__)

@@ -27,14 +27,15 @@ from datetime import datetime
 
 import msgpack
 
-from . import _native as nat
-from . import errors, framing
-from .log import RecordType
-from .media import is_json, media_type
+from .. import _native as nat
+from .. import errors
+from ..protocol import framing
+from ..log.segmented import RecordType
+from ..protocol.media import is_json, media_type
 from .notify import StreamNotifier
-from .offsets import NOW, START
-from .producers import MAX_PRODUCER_NUMBER, ProducerOutcome, ProducerState, validate
-from .store import (
+from ..protocol.offsets import NOW, START
+from ..protocol.producers import MAX_PRODUCER_NUMBER, ProducerOutcome, ProducerState, validate
+from .interface import (
     DEFAULT_CONTENT_TYPE,
     DEFAULT_READ_CHUNK,
     MAX_PATH_BYTES,

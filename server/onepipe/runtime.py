@@ -169,7 +169,7 @@ class Runtime:
                                f"not {dsn_or_pool!r}")
         key = f"{dsn}\0{schema}"
         if key not in self._db:
-            from ..postgres_store import PostgresStreamStore
+            from unbroken_engine.stores.shared.postgres import PostgresStreamStore
 
             store = await PostgresStreamStore.open(dsn, schema=schema)
             self._db[key] = LocalTransport(store, owns=True, retry=self.retry, kind="postgres")
@@ -218,8 +218,8 @@ def connect(mode: str | None = None, *, url: str | None = None, port: int | None
 def _open_file_store(data_dir: Path):
     """The file store on ``data_dir``; a directory another store has open is
     a :class:`DataDirInUse` that says what to do instead."""
-    from .. import errors
-    from ..file_store import FileBackedStreamStore
+    from unbroken_engine import errors
+    from unbroken_engine.stores.file import FileBackedStreamStore
 
     try:
         return FileBackedStreamStore(data_dir)
@@ -273,8 +273,8 @@ class _EmbeddedServer:
         return f"http://{self.host}:{port}"
 
     async def _run(self, *, task_status) -> None:
-        from unbroken_server.app import serve
-        from unbroken_server.handlers import ServerConfig, ServerContext
+        from ..app import serve
+        from ..handlers import ServerConfig, ServerContext
 
         store = await anyio.to_thread.run_sync(_open_file_store, self.data_dir)
         try:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import bisect
 from typing import Iterator, Sequence
 
-from . import _native as nat
-from . import errors
-from .log import DEFAULT_READ_BYTES, ReadResult, Record, RecordType
+from .. import _native as nat
+from .. import errors
+from .segmented import DEFAULT_READ_BYTES, ReadResult, Record, RecordType
 
 _CLOSERS = (RecordType.DATA_CLOSE, RecordType.CLOSE)
 
 
 class MemoryLog:
     """A log held in a Python list. Same contract as
-    :class:`~unbroken_engine.log.SegmentedLog` for everything a store uses;
+    :class:`~unbroken_engine.log.segmented.SegmentedLog` for everything a store uses;
     durability calls return at once (there is no disk)."""
 
     def __init__(self, base_offset: int = 0):

@@ -39,10 +39,11 @@ from pathlib import Path
 import anyio
 import msgpack
 
-from . import _testhooks, errors, layout
-from .log import Durability, LogConfig, SegmentedLog
-from .store import StoreRecovery
-from .streams import BaseStreamStore, Stream, _Requested
+from .. import _testhooks, errors
+from ..log import layout
+from ..log.segmented import Durability, LogConfig, SegmentedLog
+from .interface import StoreRecovery
+from .base import BaseStreamStore, Stream, _Requested
 
 log = logging.getLogger("unbroken")
 

@@ -28,10 +28,10 @@ import re
 
 import msgpack
 
-from . import errors
-from .producers import ProducerState
-from .shared import Backend, Conflict, Rec, Row, SharedStreamStore, Tx, follow_notifications
-from .shared import redact_url as _redact
+from ... import errors
+from ...protocol.producers import ProducerState
+from .store import Backend, Conflict, Rec, Row, SharedStreamStore, Tx, follow_notifications
+from .store import redact_url as _redact
 
 try:
     import psycopg
@@ -162,7 +162,7 @@ def _decode_row(path: str, last_access: float, blob: bytes) -> Row:
 
 
 class PostgresBackend(Backend):
-    """Storage in PostgreSQL for :class:`~unbroken_engine.shared.SharedStreamStore`."""
+    """Storage in PostgreSQL for :class:`~unbroken_engine.stores.shared.store.SharedStreamStore`."""
 
     def __init__(self, url: str, *, schema: str = "unbroken", pool_size: int = 10):
         _need_driver()

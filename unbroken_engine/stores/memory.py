@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
-from .memory_log import MemoryLog
-from .streams import BaseStreamStore
+from ..log.memory import MemoryLog
+from .base import BaseStreamStore
 
 
 class MemoryStreamStore(BaseStreamStore):

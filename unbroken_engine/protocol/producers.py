@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .errors import InvalidEpochSeq, ProducerSeqGap, StaleEpoch
+from ..errors import InvalidEpochSeq, ProducerSeqGap, StaleEpoch
 
 #: Largest epoch and seq a client may send (2^53 - 1, for JavaScript clients).
 MAX_PRODUCER_NUMBER = 2**53 - 1

@@ -18,7 +18,7 @@ way in and turned back into Python objects on the way out.
   the value to store, or raises; reading calls it again on the stored value.
 
 Whatever the schema, the stored value must be JSON. A rejected value raises
-:class:`~unbroken_engine.onepipe.errors.SchemaError`, naming what was wrong,
+:class:`~unbroken_server.onepipe.errors.SchemaError`, naming what was wrong,
 before anything is written.
 """
 from __future__ import annotations

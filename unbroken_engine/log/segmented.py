@@ -42,8 +42,9 @@ from typing import Iterator, Sequence
 import anyio
 import anyio.lowlevel
 
-from . import _native as nat
-from . import _testhooks, errors, layout
+from .. import _native as nat
+from .. import _testhooks, errors
+from . import layout
 
 HEADER = nat.SEG_HEADER_SIZE
 DEFAULT_READ_BYTES = 1 << 20
@@ -545,7 +546,7 @@ class SegmentedLog:
         record is returned whole even when larger) and after a close record.
         In JSON mode the payloads (each one or more JSON values joined by
         ``,``) are joined by ``,``: the contents of the JSON array the store
-        frames (:mod:`~unbroken_engine.framing`); empty when there are none. With ``until`` (a record boundary), nothing at or past
+        frames (:mod:`~unbroken_engine.protocol.framing`); empty when there are none. With ``until`` (a record boundary), nothing at or past
         it is read and ``at_end`` means "reached ``until``" (a fork's view of
         its source). Safe to call from any thread or task.
 

@@ -5,17 +5,17 @@ Every rule of the protocol lives behind this interface, so a program that
 embeds the engine gets exactly what an HTTP client gets; the server only
 translates requests and exceptions (each exception carries ``status_hint``).
 
-Offsets here are ``int`` log positions; :mod:`unbroken_engine.offsets` renders
-them for the wire. Reads take an ``int``, :data:`~unbroken_engine.offsets.START`
-or :data:`~unbroken_engine.offsets.NOW`.
+Offsets here are ``int`` log positions; :mod:`unbroken_engine.protocol.offsets` renders
+them for the wire. Reads take an ``int``, :data:`~unbroken_engine.protocol.offsets.START`
+or :data:`~unbroken_engine.protocol.offsets.NOW`.
 
-Implementations: :class:`~unbroken_engine.memory_store.MemoryStreamStore`,
-:class:`~unbroken_engine.file_store.FileBackedStreamStore` (the default),
-:class:`~unbroken_engine.redis_store.RedisStreamStore` and
-:class:`~unbroken_engine.postgres_store.PostgresStreamStore` (shared by
+Implementations: :class:`~unbroken_engine.stores.memory.MemoryStreamStore`,
+:class:`~unbroken_engine.stores.file.FileBackedStreamStore` (the default),
+:class:`~unbroken_engine.stores.shared.redis.RedisStreamStore` and
+:class:`~unbroken_engine.stores.shared.postgres.PostgresStreamStore` (shared by
 several processes; asyncio only). All
 methods are coroutines and must be called from the event loop that owns the
-store; :class:`~unbroken_engine.sync.SyncStreamStore` wraps one for programs
+store; :class:`~unbroken_engine.stores.sync.SyncStreamStore` wraps one for programs
 without an event loop.
 """
 from __future__ import annotations
@@ -24,10 +24,11 @@ import abc
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from . import _native as nat
-from . import errors, framing
-from .media import is_json
-from .producers import ProducerOutcome
+from .. import _native as nat
+from .. import errors
+from ..protocol import framing
+from ..protocol.media import is_json
+from ..protocol.producers import ProducerOutcome
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 #: Longest stream path a store accepts, in UTF-8 bytes.

@@ -2,7 +2,7 @@
 
 The Redis and PostgreSQL stores keep nothing of a stream in the process: every
 operation reads the stream's state from the backend, decides with the same
-rules as :class:`~unbroken_engine.streams.BaseStreamStore` (the pure checks in
+rules as :class:`~unbroken_engine.stores.base.BaseStreamStore` (the pure checks in
 :mod:`.streams` and :mod:`.producers` are shared), and writes its outcome back
 in one backend transaction (:class:`Tx`). A backend supplies only storage:
 
@@ -56,14 +56,15 @@ from typing import Awaitable, Callable
 
 import anyio
 
-from . import _native as nat
-from . import errors, framing
-from .log import RecordType
-from .media import is_json, media_type
-from .notify import StreamNotifier
-from .offsets import NOW, START
-from .producers import ProducerOutcome, ProducerState, validate
-from .store import (
+from ... import _native as nat
+from ... import errors
+from ...protocol import framing
+from ...log.segmented import RecordType
+from ...protocol.media import is_json, media_type
+from ..notify import StreamNotifier
+from ...protocol.offsets import NOW, START
+from ...protocol.producers import ProducerOutcome, ProducerState, validate
+from ..interface import (
     DEFAULT_READ_CHUNK,
     AppendOptions,
     AppendResult,
@@ -75,7 +76,7 @@ from .store import (
     StreamStore,
     last_json_value,
 )
-from .streams import (
+from ..base import (
     _Requested,
     append_record,
     check_create_options,
@@ -1080,24 +1081,6 @@ async def follow_notifications(name: str, conn, connect, paths, close,
                     pass
             log.info("unbroken: %s notifications restored", name)
             on_reconnect()
-
-
-def open_store(url: str, **kw) -> Awaitable[SharedStreamStore]:
-    """Open the shared store a URL names: ``redis://`` / ``rediss://`` /
-    ``unix://`` (Redis) or ``postgresql://`` / ``postgres://`` (PostgreSQL).
-
-    :raises InvalidArgument: another scheme
-    :raises MissingExtra: the backend's driver is not installed
-    """
-    scheme = url.split(":", 1)[0].lower()
-    if scheme in ("redis", "rediss", "unix"):
-        from .redis_store import RedisStreamStore
-        return RedisStreamStore.open(url, **kw)
-    if scheme in ("postgresql", "postgres"):
-        from .postgres_store import PostgresStreamStore
-        return PostgresStreamStore.open(url, **kw)
-    raise errors.InvalidArgument(f"no shared store for {scheme!r} URLs "
-                                 "(redis://... or postgresql://...)")
 
 
 def redact_url(url: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator, Callable, Generic, Iterable, TypeVar
 
 import anyio
 
-from ..store import Producer
+from unbroken_engine.stores.interface import Producer
 from .errors import OnePipeError
 from .runtime import Runtime, current_runtime
 from .schema import Schema

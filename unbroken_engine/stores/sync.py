@@ -18,7 +18,7 @@ from anyio.from_thread import start_blocking_portal
 
 
 class SyncStreamStore:
-    """Blocking facade over a :class:`~unbroken_engine.store.StreamStore`.
+    """Blocking facade over a :class:`~unbroken_engine.stores.interface.StreamStore`.
 
     :param factory: a callable that builds the store; it is called inside the
         portal's event loop, so the store belongs to that loop

@@ -17,7 +17,7 @@ with one Lua script that checks every row it read is unchanged and then
 applies all its writes (a compare-and-set over several keys; a script runs
 alone, so nothing comes in between). If another instance changed a row
 meanwhile, nothing is written and the operation re-runs
-(:class:`~unbroken_engine.shared.Conflict`).
+(:class:`~unbroken_engine.stores.shared.store.Conflict`).
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an
 acknowledged append survives a Redis restart; with Redis's defaults (or
@@ -33,10 +33,10 @@ import uuid
 
 import msgpack
 
-from . import errors
-from .producers import ProducerState
-from .shared import Backend, Conflict, Rec, Row, SharedStreamStore, Tx, follow_notifications
-from .shared import redact_url as _redact
+from ... import errors
+from ...protocol.producers import ProducerState
+from .store import Backend, Conflict, Rec, Row, SharedStreamStore, Tx, follow_notifications
+from .store import redact_url as _redact
 
 try:
     import redis.asyncio as aioredis
@@ -189,7 +189,7 @@ class _RedisTx(Tx):
 
 
 class RedisBackend(Backend):
-    """Storage in Redis for :class:`~unbroken_engine.shared.SharedStreamStore`."""
+    """Storage in Redis for :class:`~unbroken_engine.stores.shared.store.SharedStreamStore`."""
 
     def __init__(self, url: str, *, prefix: str = "unbroken:", max_connections: int = 64):
         _need_driver()

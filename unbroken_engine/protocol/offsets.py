@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidOffset
+from ..errors import InvalidOffset
 
 __all__ = ["START", "NOW", "format_offset", "parse_offset", "ZERO"]
 

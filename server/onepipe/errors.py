@@ -6,7 +6,7 @@ __all__ = ["OnePipeError", "SchemaError", "NotFound", "StreamClosed", "SeqConfli
 
 
 class OnePipeError(Exception):
-    """Base class of every error of :mod:`unbroken_engine.onepipe`."""
+    """Base class of every error of :mod:`unbroken_server.onepipe`."""
 
 
 class SchemaError(OnePipeError, ValueError):
@@ -54,7 +54,7 @@ class NoRuntime(OnePipeError, RuntimeError):
 
 class CallFailed(OnePipeError):
     """A replayed or inspected channel call ended with an error; ``call`` is
-    the :class:`~unbroken_engine.onepipe.CallRecord`."""
+    the :class:`~unbroken_server.onepipe.CallRecord`."""
 
     def __init__(self, message: str, call=None):
         super().__init__(message)

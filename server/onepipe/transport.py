@@ -3,7 +3,7 @@
 Flow, Channel and Signal are written once, against :class:`Transport`. Two
 implementations carry every connection mode:
 
-* :class:`LocalTransport` calls a :class:`~unbroken_engine.store.StreamStore`
+* :class:`LocalTransport` calls a :class:`~unbroken_engine.stores.interface.StreamStore`
   in this process (the in-process mode, and ``Flow.db(...)``);
 * :class:`HttpTransport` speaks the Durable Streams protocol over httpx to
   any server (the embedded server ``connect()`` starts, or a remote one).
@@ -27,9 +27,9 @@ from urllib.parse import quote
 
 import anyio
 
-from .. import errors as e
-from ..offsets import NOW, format_offset, parse_offset
-from ..store import AppendOptions, CreateOptions, Producer
+from unbroken_engine import errors as e
+from unbroken_engine.protocol.offsets import NOW, format_offset, parse_offset
+from unbroken_engine.stores.interface import AppendOptions, CreateOptions, Producer
 from .errors import NotFound, OnePipeError, ProducerFenced, SeqConflict, StreamClosed, Unavailable
 
 log = logging.getLogger("unbroken.onepipe")
@@ -178,7 +178,7 @@ def _encode(values: list) -> bytes:
 # ---- in-process ------------------------------------------------------------------------
 
 class LocalTransport(Transport):
-    """Streams of a :class:`~unbroken_engine.store.StreamStore` in this process.
+    """Streams of a :class:`~unbroken_engine.stores.interface.StreamStore` in this process.
 
     :param owns: close the store with :meth:`aclose`
     """

@@ -21,7 +21,7 @@ an acknowledged record: it cuts torn tails (``OPEN_ACTIVE`` on the file),
 installs rebuilt indexes, removes never-written trailing segment files and
 leftover temporary files and folders. Damage that valid records follow is cut
 only with ``force`` -- at the earliest bad record of the stream, with
-:meth:`SegmentedLog.open(..., repair=True) <unbroken_engine.log.SegmentedLog.open>`
+:meth:`SegmentedLog.open(..., repair=True) <unbroken_engine.log.segmented.SegmentedLog.open>`
 for the active segment, and by truncating a sealed one and moving the
 segments after it aside -- and the cut files are first copied into a
 ``repair-dropped-<time>/`` folder inside the stream folder (ignored by the
@@ -44,11 +44,12 @@ from typing import Callable
 
 import msgpack
 
-from . import _native as nat
-from . import errors, layout
-from .file_store import DEFAULT_DATA_DIR, META_VERSION, SNAPSHOT_NAME, lock_data_dir
-from .log import LogConfig, RecordType, SegmentedLog
-from .streams import Stream
+from .. import _native as nat
+from .. import errors
+from ..log import layout
+from ..stores.file import DEFAULT_DATA_DIR, META_VERSION, SNAPSHOT_NAME, lock_data_dir
+from ..log.segmented import LogConfig, RecordType, SegmentedLog
+from ..stores.base import Stream
 
 HEADER = nat.SEG_HEADER_SIZE
 REC_HEADER = nat.REC_HEADER_SIZE
