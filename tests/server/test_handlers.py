@@ -88,6 +88,29 @@ async def test_put_closed_reports_stream_closed(ctx, call):
     assert r.status == 200 and r.headers["stream-closed"] == "true"
 
 
+async def test_put_compares_stream_closed_with_the_closure_status(ctx, call):
+    """PROTOCOL.md §5.1 (MUST): the four cases of open/closed stream and
+    ``Stream-Closed`` given or not; a 409 changes nothing."""
+    closed = {**TEXT, "stream-closed": "true"}
+    await call(ctx, "PUT", S + "open", TEXT, b"a")
+    await call(ctx, "PUT", S + "shut", TEXT, b"a")
+    await call(ctx, "POST", S + "shut", {"stream-closed": "true"})
+    r = await call(ctx, "PUT", S + "open", TEXT)
+    assert r.status == 200 and "stream-closed" not in r.headers
+    r = await call(ctx, "PUT", S + "open", closed)
+    assert r.status == 409 and b"closure" in r.body
+    assert_b2(r)
+    assert "stream-closed" not in (await call(ctx, "HEAD", S + "open")).headers
+    r = await call(ctx, "PUT", S + "shut", closed)
+    assert r.status == 200 and r.headers["stream-closed"] == "true"
+    assert r.headers["stream-next-offset"] == (await call(ctx, "HEAD", S + "shut")).headers[
+        "stream-next-offset"]
+    r = await call(ctx, "PUT", S + "shut", TEXT)
+    assert r.status == 409 and b"closure" in r.body
+    assert (await call(ctx, "HEAD", S + "shut")).headers["stream-closed"] == "true"
+    assert (await call(ctx, "POST", S + "open", TEXT, b"b")).status == 204
+
+
 @pytest.mark.parametrize("headers", [
     {"stream-ttl": "10", "stream-expires-at": "2099-01-01T00:00:00Z"},
     {"stream-ttl": "-1"}, {"stream-ttl": "1.5"}, {"stream-ttl": "010"}, {"stream-ttl": ""},
