@@ -671,6 +671,27 @@ async def test_append_invalid_json_is_rejected(store):
     assert await jbody(store, "j") == [1]
 
 
+async def test_json_lone_surrogate_escapes_are_stored_verbatim(store):
+    """docs/protocol-choices.md: a lone surrogate escape is valid JSON (RFC
+    8259 section 7; JSON.stringify writes one for a lone surrogate); the
+    bytes are stored and served unchanged, by read and by read_last."""
+    await create(store, "j", content_type=JSON, data=b'"\\ud800"')
+    await append(store, "j", b'["\\udc00", "a\\ud800b"]')
+    await append(store, "j", b'{"\\ud800": 1}')
+    assert await body(store, "j") == (
+        b'["\\ud800","\\udc00","a\\ud800b",{"\\ud800": 1}]')
+    assert await jbody(store, "j") == ["\ud800", "\udc00", "a\ud800b", {"\ud800": 1}]
+    assert (await last(store, "j")).data == b'{"\\ud800": 1}'
+    tail = (await store.get("j")).next_offset
+    for bad in (b'"\xed\xa0\x80"', b'["\\ud800", "\xed\xbf\xbf"]', b'"\xc0\x80"'):
+        with pytest.raises(errors.InvalidJSON):
+            await append(store, "j", bad)
+        with pytest.raises(errors.InvalidJSON):
+            await create(store, "k", content_type=JSON, data=bad)
+    assert (await store.get("j")).next_offset == tail
+    assert not await store.has("k")
+
+
 async def test_append_empty_json_array_is_rejected(store):
     """A3.5 (L4593, L4825, L6939)."""
     await create(store, "j", content_type=JSON)

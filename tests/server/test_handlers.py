@@ -208,6 +208,23 @@ async def test_json_append_errors(ctx, call):
     assert json.loads((await call(ctx, "GET", S + "js?offset=-1")).body) == [1, 2]
 
 
+async def test_json_lone_surrogate_escape_accepted_invalid_utf8_bytes_400(ctx, call):
+    """docs/protocol-choices.md: ``"\\ud800"`` (what JSON.stringify writes for a
+    lone surrogate) is stored and served as sent; an encoded surrogate is not
+    UTF-8 and gets 400, changing nothing."""
+    await call(ctx, "PUT", S + "ls", JSON)
+    r = await call(ctx, "POST", S + "ls", JSON, b'["\\udc00", "a\\ud800b"]')
+    assert r.status == 204
+    tail = r.headers["stream-next-offset"]
+    bad = await call(ctx, "POST", S + "ls", JSON, b'"\xed\xa0\x80"')
+    assert bad.status == 400 and b"invalid JSON" in bad.body
+    g = await call(ctx, "GET", S + "ls?offset=-1")
+    assert g.body == b'["\\udc00","a\\ud800b"]'
+    assert g.headers["stream-next-offset"] == tail
+    last = await call(ctx, "GET", S + "ls?last=true")
+    assert last.status == 200 and last.body == b'["a\\ud800b"]'
+
+
 async def test_stream_seq_must_increase(ctx, call):
     await call(ctx, "PUT", S + "sq", TEXT)
     assert (await call(ctx, "POST", S + "sq", {**TEXT, "stream-seq": "09"}, b"a")).status == 204
