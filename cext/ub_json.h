@@ -2,8 +2,9 @@
  *
  * ub_json_flatten() validates buf[0, len) as exactly one JSON text (insignificant
  * whitespace around it allowed; no BOM, no trailing garbage, no NaN/Infinity,
- * valid UTF-8, no raw control characters in strings, no lone surrogate escapes,
- * nesting at most UB_JSON_MAX_DEPTH) and writes to out the messages it holds:
+ * valid UTF-8, no raw control characters in strings, nesting at most
+ * UB_JSON_MAX_DEPTH; any \uXXXX escape, a lone surrogate too, is accepted)
+ * and writes to out the messages it holds:
  *   - a top-level array: its elements, each byte-for-byte verbatim, joined by ','
  *     (whitespace between elements dropped), *count = number of elements
  *     (0 for "[]": the store refuses that on append);

@@ -28,6 +28,7 @@ from urllib.parse import quote
 import anyio
 
 from unbroken_engine import errors as e
+from unbroken_engine.protocol.media import is_json
 from unbroken_engine.protocol.offsets import NOW, format_offset, parse_offset
 from unbroken_engine.stores.interface import AppendOptions, CreateOptions, Producer
 from .errors import NotFound, OnePipeError, ProducerFenced, SeqConflict, StreamClosed, Unavailable
@@ -171,8 +172,14 @@ def _translate(exc: Exception, path: str) -> Exception:
 
 
 def _encode(values: list) -> bytes:
-    return json.dumps(values, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode()
+    """The JSON body of an append: UTF-8, except that a string holding a lone
+    surrogate (which UTF-8 cannot carry) is sent with ``\\uXXXX`` escapes,
+    as JavaScript's ``JSON.stringify`` does; the server stores those as sent."""
+    text = json.dumps(values, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(values, separators=(",", ":"), allow_nan=False).encode()
 
 
 # ---- in-process ------------------------------------------------------------------------
@@ -208,8 +215,18 @@ class LocalTransport(Transport):
                 raise _translate(exc, path) from exc
 
     async def ensure(self, path: str) -> bool:
-        result = await self._call(path, self.store.create, path, CreateOptions(content_type=JSON))
-        return result.created
+        return await self._call(path, self._ensure, path)
+
+    async def _ensure(self, path: str) -> bool:
+        try:
+            return (await self.store.create(path, CreateOptions(content_type=JSON))).created
+        except e.ConfigMismatch:
+            # a create without ``closed`` conflicts with a closed stream
+            # (PROTOCOL.md §5.1); a closed JSON stream is there all the same
+            meta = await self.store.get(path)
+            if meta.closed and is_json(meta.content_type):
+                return False
+            raise
 
     async def append(self, path, values, *, seq=None, producer=None) -> Ack:
         r = await self._call(path, self.store.append, path, _encode(values),
@@ -351,10 +368,18 @@ class HttpTransport(Transport):
         r = await self._request("PUT", path, headers={"Content-Type": JSON})
         if r.status_code in (200, 201):
             return r.status_code == 201
+        if r.status_code == 409 and await self._closed_json(path):
+            return False  # a PUT without Stream-Closed to a closed stream is 409 (§5.1)
         if r.status_code == 409:
             raise OnePipeError(f"stream {path!r} exists with another configuration "
                                f"(not a JSON stream?): {r.text.strip()[:200]}")
         raise self._fail(r, path)
+
+    async def _closed_json(self, path: str) -> bool:
+        """Whether ``path`` is a closed JSON stream (asked with ``HEAD``)."""
+        r = await self._request("HEAD", path)
+        return (r.status_code == 200 and r.headers.get("stream-closed", "").lower() == "true"
+                and is_json(r.headers.get("content-type", "")))
 
     async def append(self, path, values, *, seq=None, producer=None) -> Ack:
         headers = {"Content-Type": JSON}

@@ -511,6 +511,42 @@ async def test_create_closed_with_data(store):
         await append(store, "s", b"x")
 
 
+async def test_recreate_compares_closure_status(store):
+    """A2.2, PROTOCOL.md §5.1 (MUST): a re-create matches only if its
+    ``closed`` equals the stream's closure status; a mismatch changes nothing."""
+    await create(store, "open", content_type=TEXT, data=b"a")
+    await create(store, "shut", content_type=TEXT, data=b"a")
+    await store.close_stream("shut")
+    # open stream, no Stream-Closed -> 200
+    res = await create(store, "open", content_type=TEXT)
+    assert res.created is False and res.meta.closed is False
+    # open stream, Stream-Closed: true -> 409, and the stream stays open
+    with pytest.raises(errors.ConfigMismatch, match="closure"):
+        await create(store, "open", content_type=TEXT, closed=True)
+    assert not (await store.get("open")).closed
+    await append(store, "open", b"b")
+    # closed stream, Stream-Closed: true -> 200
+    res = await create(store, "shut", content_type=TEXT, closed=True)
+    assert res.created is False and res.meta.closed is True
+    # closed stream, no Stream-Closed -> 409
+    with pytest.raises(errors.ConfigMismatch, match="closure"):
+        await create(store, "shut", content_type=TEXT)
+    assert (await store.get("shut")).closed
+    assert await body(store, "open") == b"ab" and await body(store, "shut") == b"a"
+
+
+async def test_identical_recreate_of_a_stream_created_closed_matches(store):
+    """A2.5, §5.1: ``PUT`` + ``Stream-Closed: true`` twice -> 200 the second
+    time, nothing re-appended; without the header -> 409."""
+    first = await create(store, "s", content_type=TEXT, data=b"final", closed=True)
+    again = await create(store, "s", content_type=TEXT, data=b"final", closed=True)
+    assert again.created is False and again.meta.closed is True
+    assert again.meta.next_offset == first.meta.next_offset
+    with pytest.raises(errors.ConfigMismatch):
+        await create(store, "s", content_type=TEXT, data=b"final")
+    assert await body(store, "s") == b"final"
+
+
 async def test_concurrent_identical_creates_create_once(store):
     """A2.1: racing identical creates -> one created, the rest see it; one copy
     of the initial data."""
@@ -634,6 +670,27 @@ async def test_append_invalid_json_is_rejected(store):
             with pytest.raises(errors.InvalidJSON):
                 await append(store, "j", bad)
     assert await jbody(store, "j") == [1]
+
+
+async def test_json_lone_surrogate_escapes_are_stored_verbatim(store):
+    """docs/protocol-choices.md: a lone surrogate escape is valid JSON (RFC
+    8259 section 7; JSON.stringify writes one for a lone surrogate); the
+    bytes are stored and served unchanged, by read and by read_last."""
+    await create(store, "j", content_type=JSON, data=b'"\\ud800"')
+    await append(store, "j", b'["\\udc00", "a\\ud800b"]')
+    await append(store, "j", b'{"\\ud800": 1}')
+    assert await body(store, "j") == (
+        b'["\\ud800","\\udc00","a\\ud800b",{"\\ud800": 1}]')
+    assert await jbody(store, "j") == ["\ud800", "\udc00", "a\ud800b", {"\ud800": 1}]
+    assert (await last(store, "j")).data == b'{"\\ud800": 1}'
+    tail = (await store.get("j")).next_offset
+    for bad in (b'"\xed\xa0\x80"', b'["\\ud800", "\xed\xbf\xbf"]', b'"\xc0\x80"'):
+        with pytest.raises(errors.InvalidJSON):
+            await append(store, "j", bad)
+        with pytest.raises(errors.InvalidJSON):
+            await create(store, "k", content_type=JSON, data=bad)
+    assert (await store.get("j")).next_offset == tail
+    assert not await store.has("k")
 
 
 async def test_append_empty_json_array_is_rejected(store):

@@ -1,19 +1,16 @@
 """Strict JSON validation and array flattening (cext/ub_json.c).
 
 The oracle is Python's own parser in its strictest form (``python_accepts``),
-plus the two rules where we are deliberately stricter than ``json.loads``:
-
-* lone surrogate escapes (``"\\ud800"``, ``"\\udc00"``, a high surrogate escape
-  not immediately followed by a low one) are rejected, because they cannot be
-  represented in UTF-8;
-* nesting deeper than ``UB_JSON_MAX_DEPTH`` (512, the top-level container is
-  depth 1) is rejected.
+plus the one rule where we are deliberately stricter than ``json.loads``:
+nesting deeper than ``UB_JSON_MAX_DEPTH`` (512, the top-level container is
+depth 1) is rejected. Like ``json.loads``, lone surrogate escapes
+(``"\\ud800"``, ``"\\udc00"``, a reversed pair) are accepted: RFC 8259 allows
+any ``\\uXXXX`` escape; raw bytes must still be well-formed UTF-8.
 
 Integers go through ``Decimal`` in the oracle so that Python's 4300-digit
 int-conversion limit does not turn a valid huge number into a rejection.
 """
 import json
-import re
 from decimal import Decimal
 
 import pytest
@@ -25,14 +22,13 @@ from unbroken_engine.errors import InvalidJSON
 
 MAX_DEPTH = 512
 WS = b" \t\r\n"
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # ---- the oracle ---------------------------------------------------------------
 
 class _Obj(tuple):
-    """An object as its (key, value) pairs: keeps duplicate keys for the
-    surrogate check and never compares equal to an array (a list)."""
+    """An object as its (key, value) pairs: keeps duplicate keys and never
+    compares equal to an array (a list)."""
 
 
 def _reject_constant(name):
@@ -47,25 +43,19 @@ def _loads(data: bytes):
     return _DECODER.decode(data.decode("utf-8"))
 
 
-def _depth_and_lone_surrogate(value):
-    """Nesting depth of a decoded value, and whether any string in it holds a
-    surrogate code point (only a lone surrogate escape can produce one, since
-    valid UTF-8 never encodes surrogates). Iterative: values may be deep."""
-    depth, lone = 0, False
+def _depth(value):
+    """Nesting depth of a decoded value. Iterative: values may be deep."""
+    depth = 0
     stack = [(value, 0)]
     while stack:
         v, d = stack.pop()
-        if isinstance(v, str):
-            lone = lone or _SURROGATE.search(v) is not None
-        elif isinstance(v, _Obj):
+        if isinstance(v, _Obj):
             depth = max(depth, d + 1)
-            for key, item in v:
-                lone = lone or _SURROGATE.search(key) is not None
-                stack.append((item, d + 1))
+            stack.extend((item, d + 1) for _, item in v)
         elif isinstance(v, list):
             depth = max(depth, d + 1)
             stack.extend((item, d + 1) for item in v)
-    return depth, lone
+    return depth
 
 
 def python_accepts(data: bytes) -> bool:
@@ -73,8 +63,7 @@ def python_accepts(data: bytes) -> bool:
         value = _loads(data)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return False
-    depth, lone = _depth_and_lone_surrogate(value)
-    return depth <= MAX_DEPTH and not lone
+    return _depth(value) <= MAX_DEPTH
 
 
 # ---- calling the native code --------------------------------------------------
@@ -191,6 +180,17 @@ VALID = {
     "surrogate_pair_upper": b'"\\uD83D\\uDE00"',
     "surrogate_pair_lowest": b'"\\ud800\\udc00"',
     "surrogate_pair_highest": b'"\\udbff\\udfff"',
+    # lone surrogate escapes: valid JSON (RFC 8259 section 7), as JSON.stringify writes them
+    "lone_high_surrogate": b'"\\ud800"',
+    "lone_low_surrogate": b'"\\udc00"',
+    "high_surrogate_then_char": b'"\\ud800x"',
+    "high_surrogate_then_bmp_escape": b'"\\ud800\\u0041"',
+    "two_high_surrogates": b'"\\ud800\\ud800"',
+    "reversed_pair": b'"\\udc00\\ud800"',
+    "high_surrogate_then_newline_escape": b'"\\ud83d\\n"',
+    "high_surrogate_at_string_end": b'["a\\udbff", 1]',
+    "lone_surrogate_in_key": b'{"\\udfff":1}',
+    "lone_surrogate_under_duplicate_key": b'{"a":"\\ud800","a":1}',
     "raw_utf8": '"é € 😀 中文"'.encode(),
     "raw_max_code_point": b'"\xf4\x8f\xbf\xbf"',
     "raw_before_surrogates": b'"\xed\x9f\xbf"',
@@ -306,16 +306,9 @@ INVALID = {
     "raw_unit_separator": b'"\x1f"',
     "raw_newline": b'"\n"',
     "raw_tab": b'"\t"',
-    # lone surrogates (deliberately stricter than Python)
-    "lone_high_surrogate": b'"\\ud800"',
-    "lone_low_surrogate": b'"\\udc00"',
-    "high_surrogate_then_char": b'"\\ud800x"',
-    "high_surrogate_then_bmp_escape": b'"\\ud800\\u0041"',
-    "two_high_surrogates": b'"\\ud800\\ud800"',
-    "reversed_pair": b'"\\udc00\\ud800"',
-    "high_surrogate_then_newline_escape": b'"\\ud83d\\n"',
-    "lone_surrogate_in_key": b'{"\\udfff":1}',
-    "lone_surrogate_under_duplicate_key": b'{"a":"\\ud800","a":1}',
+    # a surrogate escape with bad hex is still a bad escape
+    "surrogate_escape_short": b'"\\ud80"',
+    "low_surrogate_escape_bad_hex": b'"\\ud800\\udcx0"',
     # invalid UTF-8
     "overlong_nul": b'"\xc0\x80"',
     "overlong_two_byte": b'"\xc1\xbf"',
@@ -355,12 +348,31 @@ def test_rejects_invalid_document(data):
     assert_agrees_with_python(data)
 
 
-def test_oracle_treats_lone_surrogate_and_depth_as_stricter_than_python():
-    # Python itself accepts these; our documented choice is to refuse them.
-    for data in (b'"\\ud800"', b'"\\udc00"', b"[" * 513 + b"]" * 513):
-        json.loads(data)
-        assert not python_accepts(data)
+def test_oracle_treats_depth_as_stricter_than_python():
+    # Python itself accepts this; our documented choice is to refuse it.
+    data = b"[" * 513 + b"]" * 513
+    json.loads(data)
+    assert not python_accepts(data)
+    assert isinstance(_validate(data), InvalidJSON)
+
+
+@pytest.mark.parametrize("data, messages", [
+    (b'"\\ud800"', [b'"\\ud800"']),
+    (b'["\\udc00", "a\\ud800b"]', [b'"\\udc00"', b'"a\\ud800b"']),
+    (b'{"\\ud800": 1}', [b'{"\\ud800": 1}']),
+    (b'["\\udc00\\ud800"]', [b'"\\udc00\\ud800"']),
+])
+def test_lone_surrogate_escapes_are_kept_verbatim(data, messages):
+    """What JSON.stringify writes for a string holding a lone surrogate is
+    accepted, and the escapes are kept byte for byte."""
+    assert _native.json_flatten(data) == (b",".join(messages), len(messages))
+
+
+def test_encoded_surrogate_bytes_are_still_refused():
+    """An escape may name a surrogate; raw UTF-8 bytes may not encode one."""
+    for data in (b'"\xed\xa0\x80"', b'"\xed\xb0\x80"', b'["\\ud800", "\xed\xbf\xbf"]'):
         assert isinstance(_validate(data), InvalidJSON)
+        assert isinstance(_flatten(data), InvalidJSON)
 
 
 def test_rejects_trailing_comma_in_array():
@@ -393,8 +405,8 @@ def test_rejects_trailing_comma_in_object():
     (b'"\\u12"', 5),
     (b'"abc', 4),
     (b'"a\nb"', 2),
-    (b'"\\udc00"', 1),
-    (b'"\\ud800x"', 7),
+    (b'"\\ud80"', 6),
+    (b'"\\ud800\\udcx0"', 11),
     (b'"\xc0\x80"', 1),
     (b'"\xed\xa0\x80"', 2),
     (b'"\xf4\x90\x80\x80"', 2),
@@ -413,9 +425,10 @@ def test_error_position_is_where_the_error_was_detected(data, position):
 # Every byte class placed at each offset of a string longer than 8 bytes, so
 # that both the 8-bytes-at-a-time fast path and the byte loop meet it.
 BAD_IN_STRING = [b"\x00", b"\x01", b"\x1f", b"\n", b"\x80", b"\xbf", b"\xc0\x80", b"\xc3(",
-                 b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xff", b"\\x", b"\\ud800a"]
+                 b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xff", b"\\x", b"\\ud8x"]
 GOOD_IN_STRING = [b"\x7f", b" ", b"\\\"", b"\\\\", b"\\u00e9", b"\xc3\xa9",
-                  b"\xe2\x82\xac", b"\xf0\x9f\x98\x80", b"\\ud83d\\ude00"]
+                  b"\xe2\x82\xac", b"\xf0\x9f\x98\x80", b"\\ud83d\\ude00", b"\\ud800a",
+                  b"\\udc00\\ud800"]
 
 
 @pytest.mark.parametrize("offset", range(18))

@@ -188,6 +188,18 @@ async def test_subscribe_delivers_live_events_and_ends_at_close(rt):
         await flow.append({"n": 4})
 
 
+async def test_a_closed_flow_builds_again_and_reads_its_events(rt):
+    """Building is idempotent for a closed flow too, although a PUT without
+    Stream-Closed to a closed stream is 409 (PROTOCOL.md §5.1)."""
+    flow = await Flow.create(name("done")).build(rt)
+    await flow.append({"n": 1})
+    await flow.close()
+    again = await Flow.create(flow.name).build(rt)
+    assert [ev async for _, ev in again.read()] == [{"n": 1}]
+    with pytest.raises(StreamClosed):
+        await again.append({"n": 2})
+
+
 async def test_subscribe_from_the_tail_sees_only_new_events(rt):
     flow = await Flow.create(name("tail")).build(rt)
     await flow.append({"old": True})

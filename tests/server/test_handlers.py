@@ -88,6 +88,29 @@ async def test_put_closed_reports_stream_closed(ctx, call):
     assert r.status == 200 and r.headers["stream-closed"] == "true"
 
 
+async def test_put_compares_stream_closed_with_the_closure_status(ctx, call):
+    """PROTOCOL.md §5.1 (MUST): the four cases of open/closed stream and
+    ``Stream-Closed`` given or not; a 409 changes nothing."""
+    closed = {**TEXT, "stream-closed": "true"}
+    await call(ctx, "PUT", S + "open", TEXT, b"a")
+    await call(ctx, "PUT", S + "shut", TEXT, b"a")
+    await call(ctx, "POST", S + "shut", {"stream-closed": "true"})
+    r = await call(ctx, "PUT", S + "open", TEXT)
+    assert r.status == 200 and "stream-closed" not in r.headers
+    r = await call(ctx, "PUT", S + "open", closed)
+    assert r.status == 409 and b"closure" in r.body
+    assert_b2(r)
+    assert "stream-closed" not in (await call(ctx, "HEAD", S + "open")).headers
+    r = await call(ctx, "PUT", S + "shut", closed)
+    assert r.status == 200 and r.headers["stream-closed"] == "true"
+    assert r.headers["stream-next-offset"] == (await call(ctx, "HEAD", S + "shut")).headers[
+        "stream-next-offset"]
+    r = await call(ctx, "PUT", S + "shut", TEXT)
+    assert r.status == 409 and b"closure" in r.body
+    assert (await call(ctx, "HEAD", S + "shut")).headers["stream-closed"] == "true"
+    assert (await call(ctx, "POST", S + "open", TEXT, b"b")).status == 204
+
+
 @pytest.mark.parametrize("headers", [
     {"stream-ttl": "10", "stream-expires-at": "2099-01-01T00:00:00Z"},
     {"stream-ttl": "-1"}, {"stream-ttl": "1.5"}, {"stream-ttl": "010"}, {"stream-ttl": ""},
@@ -183,6 +206,23 @@ async def test_json_append_errors(ctx, call):
     assert (await call(ctx, "POST", S + "js", JSON, b"[]")).status == 400
     assert (await call(ctx, "POST", S + "js", JSON, b"[1,2]")).status == 204
     assert json.loads((await call(ctx, "GET", S + "js?offset=-1")).body) == [1, 2]
+
+
+async def test_json_lone_surrogate_escape_accepted_invalid_utf8_bytes_400(ctx, call):
+    """docs/protocol-choices.md: ``"\\ud800"`` (what JSON.stringify writes for a
+    lone surrogate) is stored and served as sent; an encoded surrogate is not
+    UTF-8 and gets 400, changing nothing."""
+    await call(ctx, "PUT", S + "ls", JSON)
+    r = await call(ctx, "POST", S + "ls", JSON, b'["\\udc00", "a\\ud800b"]')
+    assert r.status == 204
+    tail = r.headers["stream-next-offset"]
+    bad = await call(ctx, "POST", S + "ls", JSON, b'"\xed\xa0\x80"')
+    assert bad.status == 400 and b"invalid JSON" in bad.body
+    g = await call(ctx, "GET", S + "ls?offset=-1")
+    assert g.body == b'["\\udc00","a\\ud800b"]'
+    assert g.headers["stream-next-offset"] == tail
+    last = await call(ctx, "GET", S + "ls?last=true")
+    assert last.status == 200 and last.body == b'["a\\ud800b"]'
 
 
 async def test_stream_seq_must_increase(ctx, call):

@@ -204,8 +204,12 @@ def check_create_options(o: CreateOptions) -> None:
 
 def check_same_config(s, o: CreateOptions) -> None:
     """Raise ConfigMismatch unless a create asking for ``o`` matches the
-    existing stream ``s`` (anything with ``requested``, ``media``, ``path``
-    and ``fork_offset``): the rule for an idempotent ``PUT``."""
+    existing stream ``s`` (anything with ``requested``, ``media``, ``path``,
+    ``fork_offset`` and ``closed_at``): the rule for an idempotent ``PUT``.
+
+    Closure is compared as well (PROTOCOL.md §5.1, a MUST): ``Stream-Closed:
+    true`` matches only a closed stream, its absence only an open one.
+    """
     req = s.requested
     if o.content_type is not None:
         wanted = media_type(o.content_type)
@@ -220,6 +224,7 @@ def check_same_config(s, o: CreateOptions) -> None:
         ("fork source", o.fork_from == req.fork_from),
         ("fork offset", o.fork_offset is None or o.fork_offset == s.fork_offset),
         ("fork sub-offset", o.fork_sub_offset == req.fork_sub_offset),
+        ("closure status (Stream-Closed)", o.closed == (s.closed_at is not None)),
     ) if not same]
     if differs:
         raise errors.ConfigMismatch(
@@ -469,6 +474,8 @@ class BaseStreamStore(StreamStore):
         async with self._structure_lock():
             existing = self._existing(path)
             if existing is not None:
+                if existing.closed:  # judge by the close only once it is on disk
+                    await self._settled(existing)
                 self._check_same_config(existing, o)
                 return CreateResult(False, self._meta(existing))
             return await self._create_new(path, o)
