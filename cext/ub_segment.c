@@ -131,10 +131,15 @@ static int io_error(ub_segment *s, int err)
  *   ub_test_fail_next_alloc(n): the next n posix_fallocate calls (segment
  *                               creation and growth) fail with ENOSPC.
  * Each returns how many failures of its kind were still pending, so
- * ub_test_fail_next_sync(0) disarms and tells whether the armed ones struck. */
+ * ub_test_fail_next_sync(0) disarms and tells whether the armed ones struck.
+ *   ub_test_sync_count():       how many fdatasync calls ub_segment_sync and
+ *                               ub_segment_seal have made in this process
+ *                               (failed ones included), for the tests of the
+ *                               durability policies (tests/engine/). */
 
 static int fail_sync_left;
 static int fail_alloc_left;
+static uint64_t sync_calls;
 
 static int arm(int *left, int n)
 {
@@ -151,6 +156,11 @@ int ub_test_fail_next_alloc(int n)
     return arm(&fail_alloc_left, n);
 }
 
+uint64_t ub_test_sync_count(void)
+{
+    return __atomic_load_n(&sync_calls, __ATOMIC_SEQ_CST);
+}
+
 static int take_failure(int *left)
 {
     int v = __atomic_load_n(left, __ATOMIC_RELAXED);
@@ -163,6 +173,7 @@ static int take_failure(int *left)
 
 static int seg_fdatasync(int fd)
 {
+    __atomic_add_fetch(&sync_calls, 1, __ATOMIC_SEQ_CST);
     if (take_failure(&fail_sync_left)) {
         errno = EIO;
         return -1;

@@ -115,8 +115,11 @@ void ub_segment_close(ub_segment *s);
 /* Fault injection, for tests only (tests/faults/); inert unless called.
  * The next n fdatasync calls of ub_segment_sync/ub_segment_seal fail with EIO,
  * resp. the next n posix_fallocate calls (create, growth) fail with ENOSPC.
- * Process-wide; n <= 0 disarms. Returns how many were still pending. */
+ * Process-wide; n <= 0 disarms. Returns how many were still pending.
+ * ub_test_sync_count: fdatasync calls of ub_segment_sync/ub_segment_seal made
+ * by this process so far (failed ones included). */
 int ub_test_fail_next_sync(int n);
 int ub_test_fail_next_alloc(int n);
+uint64_t ub_test_sync_count(void);
 
 #endif

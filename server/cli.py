@@ -203,13 +203,27 @@ async def _open_shared(url: str, prefix: str | None):
     return await open_store(url, **{key: prefix})
 
 
+def file_store_config(args):
+    """The :class:`~unbroken_engine.log.segmented.LogConfig` ``unbroken serve`` opens the
+    file store with: ``--durability`` and the hidden ``--segment-size``.
+
+    :param args: the parsed ``serve`` command line
+    """
+    from unbroken_engine.log import Durability, LogConfig
+
+    config = LogConfig(durability=Durability(args.durability))
+    if args.segment_size is not None:
+        config = LogConfig(segment_size=args.segment_size, durability=config.durability,
+                           index_interval=min(config.index_interval, args.segment_size))
+    return config
+
+
 def serve_main(args) -> int:
     """``unbroken serve``: open the store, serve until signalled, flush, exit 0."""
     import anyio
 
     from unbroken_engine import FileBackedStreamStore, MemoryStreamStore
     from unbroken_engine import errors as e
-    from unbroken_engine.log.segmented import Durability, LogConfig
 
     from .app import fds_needed, serve
     from .handlers import ServerConfig, ServerContext
@@ -221,12 +235,8 @@ def serve_main(args) -> int:
     if kind == "memory":
         store, where = MemoryStreamStore(), "memory store (nothing is kept)"
     elif kind == "file":
-        config = LogConfig(durability=Durability(args.durability))
-        if args.segment_size is not None:
-            config = LogConfig(segment_size=args.segment_size, durability=config.durability,
-                               index_interval=min(config.index_interval, args.segment_size))
         try:
-            store = FileBackedStreamStore(args.data_dir, config)
+            store = FileBackedStreamStore(args.data_dir, file_store_config(args))
         except e.DataDirInUse as exc:
             print(f"unbroken: cannot open the store: {exc}", file=sys.stderr)
             return 1

@@ -459,6 +459,13 @@ def _test_fail_next_alloc(n: int) -> int:
     """
     return lib.ub_test_fail_next_alloc(n)
 
+
+def _test_sync_count() -> int:
+    """Tests only: how many fdatasync calls segment syncs and seals have made
+    in this process so far (failed ones included). Process-wide; take the
+    difference of two readings."""
+    return lib.ub_test_sync_count()
+
 def bench_mmap_copy(path, total: int, chunk: int) -> float:
     """Seconds to copy ``total`` bytes in ``chunk`` pieces into a fresh mmap."""
     ns = ffi.new("uint64_t *")

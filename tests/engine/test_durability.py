@@ -1,12 +1,18 @@
-"""Durability policies of SegmentedLog and appends from many threads or tasks.
+"""Durability policies of SegmentedLog and the file store, and appends from
+many threads or tasks.
 
-Flushes are counted by wrapping the log's ``_flush`` (the one place a flush
-happens). The wrapper also makes each flush slow, as a real disk is: group
-commit then has to show up as a behaviour -- appends that arrive during a flush
-share the next one -- whatever the speed of the disk the tests run on.
+Flushes of a log are counted by wrapping the log's ``_flush`` (the one place a
+flush happens). The wrapper also makes each flush slow, as a real disk is:
+group commit then has to show up as a behaviour -- appends that arrive during a
+flush share the next one -- whatever the speed of the disk the tests run on.
+
+The store tests (at the end) count the real fdatasync calls of the C layer
+(``_native._test_sync_count``) and make them fail (``_test_fail_next_sync``):
+what a policy promises is which syncs an acknowledgement waits for.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -16,6 +22,9 @@ import pytest
 from unbroken_engine import _native as nat
 from unbroken_engine import errors
 from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
+from unbroken_engine.protocol.producers import ProducerOutcome
+from unbroken_engine.stores.file import FileBackedStreamStore
+from unbroken_engine.stores.interface import AppendOptions, CreateOptions, Producer
 
 SLOW_FLUSH = 0.002  # seconds added to every counted flush (a slow disk)
 
@@ -392,3 +401,106 @@ def test_close_waits_for_an_interval_flush_in_progress(tmp_path, monkeypatch):
     assert closed.is_set(), "close() hung"
     assert flusher_synced.wait(5)
     assert misuse == []
+
+
+# ---- the file store: an acknowledgement waits for what its policy says ---------------
+
+APPENDS = 20
+#: liveness bound of any wait below (never a timing assertion)
+TIMEOUT = 10.0
+
+
+async def every_answer_that_settles(store, path: str) -> list[int]:
+    """Drive ``path`` (an empty JSON stream) through every store answer that
+    settles under the policy: APPENDS producer appends, a duplicate, a
+    sequence gap, a Stream-Seq conflict, a close and an idempotent close.
+
+    :return: the offsets the appends acknowledged
+    """
+    acks = []
+    for i in range(APPENDS):
+        r = await store.append(path, b'{"i": %d}' % i, AppendOptions(
+            producer=Producer("p", 0, i), seq="%04d" % i))
+        acks.append(r.next_offset)
+    dup = await store.append(path, b'{"i": %d}' % (APPENDS - 1), AppendOptions(
+        producer=Producer("p", 0, APPENDS - 1), seq="%04d" % (APPENDS - 1)))
+    assert dup.outcome is ProducerOutcome.DUPLICATE and dup.next_offset == acks[-1]
+    with pytest.raises(errors.ProducerSeqGap):
+        await store.append(path, b"{}", AppendOptions(producer=Producer("p", 0, APPENDS + 5)))
+    with pytest.raises(errors.SequenceConflict):
+        await store.append(path, b"{}", AppendOptions(seq="0000"))
+    closed = await store.close_stream(path)
+    assert closed.closed and closed.next_offset > acks[-1]
+    again = await store.close_stream(path)
+    assert again.closed and again.next_offset == closed.next_offset
+    return acks + [closed.next_offset]
+
+
+async def check_readers_see(store, path: str, end: int) -> None:
+    """Readers see every acknowledged append and the close (what ``interval``
+    and ``never`` acknowledge is visible at once)."""
+    meta = await store.get(path)
+    assert meta.next_offset == end and meta.closed
+    page = await store.read(path)
+    assert json.loads(bytes(page.data)) == [{"i": i} for i in range(APPENDS)]
+    assert page.closed
+
+
+async def wait_until(predicate) -> None:
+    with anyio.fail_after(TIMEOUT):
+        while not predicate():
+            await anyio.sleep(0.005)
+
+
+@pytest.mark.anyio
+async def test_store_never_makes_no_sync_on_the_append_path(tmp_path):
+    async with FileBackedStreamStore(tmp_path, LogConfig(durability=Durability.NEVER)) as store:
+        await store.create("s", CreateOptions(content_type="application/json"))  # syncs: rare
+        before = nat._test_sync_count()
+        acks = await every_answer_that_settles(store, "s")
+        assert nat._test_sync_count() == before, "an append path flushed under NEVER"
+        await check_readers_see(store, "s", acks[-1])
+        assert store._streams["s"].log.durable_offset < acks[-1]
+
+
+@pytest.mark.anyio
+async def test_store_interval_acknowledges_before_the_flush_then_flushes(tmp_path):
+    """Every flush fails while the appends run: under ALWAYS each append would
+    be refused (503); under INTERVAL each is acknowledged, none of it durable
+    yet. Once the disk works again, the background flusher makes it all
+    durable with no further append."""
+    cfg = LogConfig(durability=Durability.INTERVAL, flush_interval=0.01)
+    async with FileBackedStreamStore(tmp_path, cfg) as store:
+        await store.create("s", CreateOptions(content_type="application/json"))
+        log = store._streams["s"].log
+        start = log.durable_offset
+        nat._test_fail_next_sync(1 << 30)  # every flush fails, the flusher's too
+        try:
+            acks = await every_answer_that_settles(store, "s")
+            assert log.durable_offset == start, "a flush succeeded though all fail"
+            await check_readers_see(store, "s", acks[-1])
+        finally:
+            nat._test_fail_next_sync(0)
+        before = nat._test_sync_count()
+        await wait_until(lambda: log.durable_offset >= acks[-1])
+        assert nat._test_sync_count() > before
+
+
+@pytest.mark.anyio
+async def test_store_always_flushes_before_the_ack(tmp_path):
+    async with FileBackedStreamStore(tmp_path, LogConfig(durability=Durability.ALWAYS)) as store:
+        await store.create("s", CreateOptions(content_type="application/json"))
+        log = store._streams["s"].log
+        for i in range(5):
+            before = nat._test_sync_count()
+            r = await store.append("s", b'{"i": %d}' % i)
+            assert nat._test_sync_count() > before
+            assert log.durable_offset >= r.next_offset
+        nat._test_fail_next_sync(1)
+        try:
+            with pytest.raises(errors.StorageIOError):
+                await store.append("s", b'{"i": 5}')  # its flush failed: not acknowledged
+        finally:
+            assert nat._test_fail_next_sync(0) == 0, "the armed failure did not strike"
+        page = await store.read("s")
+        assert json.loads(bytes(page.data)) == [{"i": i} for i in range(5)]

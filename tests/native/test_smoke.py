@@ -264,3 +264,35 @@ def test_mask_changes_known_crcs(data, crc):
     assert nat.crc_mask(crc) != crc
     assert nat.crc_mask(nat.crc_mask(crc)) != crc
     assert nat.crc_unmask(nat.crc_mask(crc)) == crc
+
+
+def test_sync_counter_counts_every_segment_flush(tmp_path):
+    """``_test_sync_count`` is what the durability tests count flushes with:
+    one per segment sync (failed ones too) and per synced seal, none for a
+    seal left to a later sync."""
+    seg = nat.NativeSegment.create(str(tmp_path / "a.seg"), 0, 0, 0, 4096, 256)
+    try:
+        before = nat._test_sync_count()
+        seg.append(nat.REC_DATA, 1, b"", b"one")
+        assert nat._test_sync_count() == before  # an append alone never flushes
+        seg.sync()
+        assert nat._test_sync_count() == before + 1
+        nat._test_fail_next_sync(1)
+        with pytest.raises(errors.StorageIOError):
+            seg.sync()
+        assert nat._test_fail_next_sync(0) == 0
+        assert nat._test_sync_count() == before + 2
+        seg.seal(str(tmp_path / "a.idx"), sync=False)
+        assert nat._test_sync_count() == before + 2
+        seg.sync()
+        assert nat._test_sync_count() == before + 3
+    finally:
+        seg.close()
+    other = nat.NativeSegment.create(str(tmp_path / "b.seg"), 0, 0, 0, 4096, 256)
+    try:
+        other.append(nat.REC_DATA, 1, b"", b"two")
+        before = nat._test_sync_count()
+        other.seal(str(tmp_path / "b.idx"), sync=True)
+        assert nat._test_sync_count() == before + 1
+    finally:
+        other.close()

@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 
+import anyio
 import pytest
 
 S = "/v1/stream/"
@@ -748,3 +749,79 @@ def test_backend_outage_fails_fast_ends_live_readers_and_recovers(servers, share
     print(f"[{kind}] outage: {len(writers.failures)} appends refused (slowest "
           f"{slowest:.2f} s), {len(writers.acks)} accepted, {len(writers.duplicates)} "
           "found already stored on retry, none lost or doubled")
+
+
+# ---- the durability the command line asks for, counted in-process ------------------------
+
+def _serve_store(tmp_path, *flags: str):
+    """The file store ``unbroken serve FLAGS`` opens (same parser, same config)."""
+    from unbroken_engine import FileBackedStreamStore
+    from unbroken_server.cli import build_parser, file_store_config
+
+    args = build_parser().parse_args(["serve", "--data-dir", str(tmp_path / "data"), *flags])
+    return FileBackedStreamStore(args.data_dir, file_store_config(args))
+
+
+async def _append_close_and_read(server, n: int) -> list:
+    """Over HTTP: ``n`` producer appends, a duplicate, a Stream-Seq conflict,
+    a close; every answer checked. :return: what a reader then gets."""
+    json_type = {"Content-Type": "application/json"}
+
+    def producer(seq: int) -> dict:
+        return {**json_type, "Producer-Id": "p", "Producer-Epoch": "0",
+                "Producer-Seq": str(seq), "Stream-Seq": "%04d" % seq}
+
+    async def post(headers: dict, body: bytes = b""):
+        return await server.request("POST", S + "d", list(headers.items()), body)
+
+    for i in range(n):
+        r = await post(producer(i), b'{"i": %d}' % i)
+        assert r.status in (200, 204), r
+    r = await post(producer(n - 1), b'{"i": %d}' % (n - 1))
+    assert r.status == 204 and r.headers["producer-seq"] == str(n - 1), r  # duplicate
+    r = await post({**json_type, "Stream-Seq": "0000"}, b"{}")
+    assert r.status == 409, r
+    r = await post({"Stream-Closed": "true"})
+    assert r.status in (200, 204) and r.headers["stream-closed"] == "true", r
+    r = await server.request("GET", S + "d?offset=-1")
+    assert r.status == 200 and r.headers["stream-closed"] == "true", r
+    return json.loads(r.body)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("durability", ["never", "interval", "always"])
+async def test_serve_durability_decides_the_syncs_an_append_waits_for(
+        tmp_path, make_ctx, run_server, durability):
+    """``unbroken serve --durability X`` over HTTP, counting the real
+    fdatasync calls of the C layer (per process, hence the in-process server):
+    ``never`` makes none for appends and their answers; ``interval``
+    acknowledges them all while every flush fails, and its background flusher
+    makes them durable afterwards; ``always`` flushes before each ack."""
+    from unbroken_engine import _native as nat
+
+    n = 10
+    store = _serve_store(tmp_path, "--durability", durability)
+    async with run_server(make_ctx(store)) as server:
+        r = await server.request("PUT", S + "d", [("Content-Type", "application/json")])
+        assert r.status == 201
+        log = store._streams["d"].log
+        before = nat._test_sync_count()
+        if durability == "interval":
+            nat._test_fail_next_sync(1 << 30)  # every flush fails, the flusher's too
+        try:
+            values = await _append_close_and_read(server, n)
+        finally:
+            nat._test_fail_next_sync(0)
+        assert values == [{"i": i} for i in range(n)]
+        synced = nat._test_sync_count() - before
+        if durability == "never":
+            assert synced == 0, f"{synced} fdatasync calls under --durability never"
+            assert log.durable_offset < log.end_offset
+        elif durability == "always":
+            assert synced >= n + 1  # one per acknowledged append and the close at least
+            assert log.durable_offset == log.end_offset
+        else:
+            with anyio.fail_after(10):  # liveness bound, not a timing assertion
+                while log.durable_offset < log.end_offset:
+                    await anyio.sleep(0.005)
+    await store.aclose()

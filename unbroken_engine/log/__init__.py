@@ -10,3 +10,16 @@
 It knows records, offsets and durability; it knows nothing of producers,
 content types or HTTP. Only :mod:`unbroken_engine._native` below it.
 """
+from .memory import MemoryLog
+from .segmented import (
+    Durability,
+    LogConfig,
+    ReadResult,
+    Record,
+    RecordType,
+    RecoveryReport,
+    SegmentedLog,
+)
+
+__all__ = ["Durability", "LogConfig", "MemoryLog", "ReadResult", "Record", "RecordType",
+           "RecoveryReport", "SegmentedLog"]

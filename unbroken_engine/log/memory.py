@@ -35,6 +35,7 @@ class MemoryLog:
     start_offset = property(lambda self: self._start)
     end_offset = property(lambda self: self._end)
     durable_offset = property(lambda self: self._end)
+    settled_offset = property(lambda self: self._end)
     message_count = property(lambda self: self._messages)
 
     @property
@@ -79,6 +80,9 @@ class MemoryLog:
     append_batch = write_batch
 
     async def wait_durable(self, offset: int) -> None:
+        return None
+
+    async def settle(self, offset: int) -> None:
         return None
 
     def sync(self) -> int:

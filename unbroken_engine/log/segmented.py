@@ -20,6 +20,12 @@ Durability (:class:`Durability`):
   every log with unflushed bytes every ``flush_interval`` seconds. A crash of
   the machine (not of the process) may lose up to that window.
 * ``NEVER`` -- the OS writes back when it likes (development, benchmarks).
+  Segments sealed by a roll are still synced by the background thread, off
+  the appending path, so their files can be closed.
+
+:meth:`SegmentedLog.settle` and :attr:`SegmentedLog.settled_offset` are the
+one answer to "does this policy wait for the disk": callers that acknowledge
+appends (the stores) ask them instead of testing the policy themselves.
 
 A process crash never loses an appended record under any policy: records are
 written into a shared mapping of the file, which the kernel keeps.
@@ -260,6 +266,14 @@ class SegmentedLog:
         return self._synced
 
     @property
+    def settled_offset(self) -> int:
+        """Offset up to which appends count as done under the policy: the
+        durable offset under ``ALWAYS``, the end under ``INTERVAL`` and
+        ``NEVER`` (acknowledged before their flush). What a store lets
+        readers see."""
+        return self._synced if self._always else self.end_offset
+
+    @property
     def message_count(self) -> int:
         """Messages appended over the log's life (retention does not lower it)."""
         info = self._active.native.info()
@@ -324,8 +338,7 @@ class SegmentedLog:
         """:meth:`append` for async callers: the flush runs in a worker thread
         and concurrent appends share it. Safe to call from many tasks."""
         off = self.write(payload, attrs, type, msg_count)
-        if self._always:
-            await self.wait_durable(off)
+        await self.settle(off)
         return off
 
     def write_batch(self, payloads: Sequence[bytes]) -> int:
@@ -369,8 +382,7 @@ class SegmentedLog:
     async def append_batch_async(self, payloads: Sequence[bytes]) -> int:
         """:meth:`append_batch` for async callers."""
         off = self.write_batch(payloads)
-        if self._always:
-            await self.wait_durable(off)
+        await self.settle(off)
         return off
 
     def _roll(self, record_size: int) -> _Segment:
@@ -515,6 +527,20 @@ class SegmentedLog:
             finally:
                 self._async_flush = None
                 done.set()
+
+    async def settle(self, offset: int) -> None:
+        """Wait until an append that ended at ``offset`` may be acknowledged
+        under the policy: under ``ALWAYS`` until it is on disk
+        (:meth:`wait_durable`, group commit); under ``INTERVAL`` and ``NEVER``
+        not at all, and nothing is flushed here (the background flusher,
+        resp. the OS, writes it back). Afterwards :attr:`settled_offset`
+        covers ``offset``.
+
+        :raises StorageIOError: under ``ALWAYS``, the flush failed
+        :raises LogClosedError: under ``ALWAYS``, the log was closed meanwhile
+        """
+        if self._always:
+            await self.wait_durable(offset)
 
     # ---- reading -----------------------------------------------------------------
 

@@ -11,12 +11,25 @@ Atomicity. An append is validated and written into the log with no ``await``
 in between, so appends to a stream are serialized by the event loop, and the
 record it writes carries the producer's (id, epoch, seq), the Stream-Seq and
 the close in its attrs and type: the data and the state it implies are one
-write, and recovery rebuilds the state from the log. The append then waits
-for durability (group commit) and only then wakes live readers.
+write, and recovery rebuilds the state from the log. The append then settles
+under the log's durability policy (``log.settle``, the one owner of "does
+this policy wait") and only then wakes live readers: under ``always`` it
+waits for its fdatasync, shared by concurrent appends (group commit); under
+``interval`` and ``never`` it is acknowledged at once and nothing is flushed
+on its path (the log's background flusher makes it durable within
+``flush_interval``, resp. the OS writes it back when it likes). A duplicate,
+a refusal on the strength of earlier appends (Stream-Seq conflict, stale
+epoch, sequence gap) and an append to a closed stream settle the same way
+before they answer. Creating a stream and a soft delete sync their files
+under every policy (they are rare, and a stream is never half-created); so
+does closing the store (:meth:`BaseStreamStore.aclose`).
 
-Visibility. Under ``always`` durability, readers see the log up to its durable
-offset only: a reader never sees data a crash could take back, and the tail
-a HEAD reports is one an append has acknowledged.
+Visibility. Readers see a stream's log up to ``log.settled_offset``: under
+``always`` its durable offset only, so a reader never sees data a crash could
+take back, and the tail a HEAD reports is one an append has acknowledged;
+under ``interval`` and ``never`` the end of the log, which is what those
+policies acknowledge (a machine crash may take back the unflushed tail,
+which readers may have seen).
 """
 from __future__ import annotations
 
@@ -367,8 +380,9 @@ class BaseStreamStore(StreamStore):
     # ---- hooks for subclasses ----------------------------------------------------
 
     def _visible_end(self, s: Stream) -> int:
-        """Offset up to which readers may see a stream's own log."""
-        return s.log.end_offset
+        """Offset up to which readers may see a stream's own log: what its
+        durability policy acknowledges (``log.settled_offset``)."""
+        return s.log.settled_offset
 
     async def _build(self, path: str, content_type: str, base_offset: int,
                      records: list[tuple], meta: dict):
@@ -603,18 +617,21 @@ class BaseStreamStore(StreamStore):
             self._message_starts(s)  # let go of the starts no read_last can need
         s.since_snapshot += 1
         await self._settled(s, end)
-        if s.since_snapshot >= self.SNAPSHOT_EVERY and s.log.durable_offset == s.log.end_offset:
-            self._snapshot(s)  # only of state that is all on disk
+        if s.since_snapshot >= self.SNAPSHOT_EVERY and s.log.settled_offset == s.log.end_offset:
+            self._snapshot(s)  # only of state that is all acknowledged (``always``: on disk)
         self._notifier.notify(path)
         return AppendResult(end, outcome, p.epoch if p else None, p.seq if p else None, s.closed)
 
     async def _settled(self, s: Stream, offset: int | None = None) -> None:
-        """Wait until ``s``'s log is durable up to ``offset`` (default: its end).
+        """Wait until ``s``'s log lets what lies up to ``offset`` (default: its
+        end) be acknowledged under its durability policy (``log.settle``:
+        ``always`` waits for the disk, ``interval`` and ``never`` do not).
 
         :raises StreamNotFound: the stream was deleted meanwhile
+        :raises StorageIOError: ``always``, and the flush failed
         """
         try:
-            await s.log.wait_durable(s.log.end_offset if offset is None else offset)
+            await s.log.settle(s.log.end_offset if offset is None else offset)
         except errors.LogClosedError:
             if s.removed:
                 raise errors.StreamNotFound(s.path) from None

@@ -22,8 +22,11 @@ a damaged stream is reported and refused (its operations raise the
 :class:`~unbroken_engine.errors.CorruptSegment` found), the others are served.
 
 Blocking work at creation (fsyncs) runs in a worker thread; appends write into
-the mapped segment on the event loop and wait for their flush in a worker
-thread (group commit).
+the mapped segment on the event loop and, under ``Durability.ALWAYS``, wait for
+their flush in a worker thread (group commit); under ``INTERVAL`` and
+``NEVER`` they are acknowledged without a flush (see
+:mod:`unbroken_engine.stores.base`). Creating a stream, a soft delete and closing
+the store sync their files under every policy.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ import msgpack
 
 from .. import _testhooks, errors
 from ..log import layout
-from ..log.segmented import Durability, LogConfig, SegmentedLog
+from ..log.segmented import LogConfig, SegmentedLog
 from .interface import StoreRecovery
 from .base import BaseStreamStore, Stream, _Requested
 
@@ -59,7 +62,9 @@ class FileBackedStreamStore(BaseStreamStore):
 
     :param data_dir: created if missing
     :param config: segment size, index interval and durability of every stream
-        (``Durability.ALWAYS`` by default: an append returns once on disk)
+        (``Durability.ALWAYS`` by default: an append returns once on disk;
+        ``INTERVAL``: at once, on disk within ``flush_interval``; ``NEVER``:
+        at once, on disk when the OS writes it back)
     :param clock: wall-clock seconds, injectable for tests
     """
 
@@ -70,7 +75,6 @@ class FileBackedStreamStore(BaseStreamStore):
         super().__init__(clock=clock)
         self.data_dir = Path(data_dir)
         self.config = config or LogConfig()
-        self._always = self.config.durability is Durability.ALWAYS
         self._damaged: dict[str, errors.UnbrokenError] = {}  # by stream path
         self._damaged_dirs: dict[str, errors.UnbrokenError] = {}  # by folder name
         self._lock_fd = lock_data_dir(self.data_dir)
@@ -159,9 +163,6 @@ class FileBackedStreamStore(BaseStreamStore):
                 self._remove(s)
 
     # ---- hooks ------------------------------------------------------------------------
-
-    def _visible_end(self, s: Stream) -> int:
-        return s.log.durable_offset if self._always else s.log.end_offset
 
     def _lookup(self, path: str, *, touch: bool = False, soft_ok: bool = False) -> Stream:
         damage = self._damaged.get(path)

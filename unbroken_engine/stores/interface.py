@@ -253,7 +253,9 @@ class StreamStore(abc.ABC):
                      options: AppendOptions = AppendOptions()) -> AppendResult:
         """Append ``data`` (and/or close), after every check of the protocol.
 
-        Returns once the data is durable under the store's durability policy.
+        Returns once the store's durability policy lets it acknowledge the
+        data (the file store: once on disk under ``always``; at once, before
+        any flush, under ``interval`` and ``never``).
 
         :raises StreamNotFound, StreamSoftDeleted: as for :meth:`get`
         :raises StreamClosed: the stream is closed (unless this duplicates the
