@@ -38,7 +38,7 @@ Workloads (the same code in every mode)
                  latest append only (Unbroken's ?last=true read,
                  store.read_last in-process). Baseline ("scan"): the same
                  get() through a transport that reads the whole history
-                 instead (onepipe.transport._scan_last: what a client does
+                 instead (onepipe.transport.scan_last: what a client does
                  against a server without the extension). Figures: p50 and
                  p99 (ms); long/short = the long history's over the short
                  one's (get() should stay flat, scan does not), get/scan =
@@ -452,10 +452,10 @@ class ScanLast(TransportProxy):
     server without Unbroken's ``?last=true`` read."""
 
     async def read_last(self, path: str):
-        """The latest message, found by reading every message (``_scan_last``)."""
-        from unbroken_server.onepipe.transport import _scan_last
+        """The latest message, found by reading every message (``scan_last``)."""
+        from unbroken_server.onepipe.transport import scan_last
 
-        return await _scan_last(self.inner, path)
+        return await scan_last(self.inner, path)
 
 
 class CountingAppends(TransportProxy):

@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 
 from .connection import refuse_connection, serve_connection
-from .handlers import ServerContext
+from .context import ServerContext
 
 log = logging.getLogger("unbroken.server")
 ACCEPT_RETRY_SLEEP = 0.1  # after EMFILE and friends

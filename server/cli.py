@@ -226,7 +226,7 @@ def serve_main(args) -> int:
     from unbroken_engine import errors as e
 
     from .app import fds_needed, serve
-    from .handlers import ServerConfig, ServerContext
+    from .context import ServerConfig, ServerContext
 
     raise_fd_limit(fds_needed(args.max_connections))
     port = _env_port() if args.port is None else args.port

@@ -45,7 +45,8 @@ import h11
 
 from . import cors
 from .errors import error_response, text_response
-from .handlers import RETRY_AFTER, ServerContext, handle
+from .context import RETRY_AFTER, ServerContext
+from .routing import handle
 from .http import Request, Response, StreamingResponse
 
 log = logging.getLogger("unbroken.server")

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from urllib.parse import unquote
+
+from unbroken_engine import errors as e
 
 from unbroken_engine.protocol.producers import MAX_PRODUCER_NUMBER
+from unbroken_engine.protocol.rules import check_path
 from unbroken_engine.stores.interface import Producer
+
+#: where streams live: ``/v1/stream/{path}``
+STREAM_PREFIX = "/v1/stream/"
 
 STREAM_NEXT_OFFSET = "Stream-Next-Offset"
 STREAM_UP_TO_DATE = "Stream-Up-To-Date"
@@ -109,3 +116,21 @@ def parse_producer(pid: str | None, epoch: str | None, seq: str | None) -> Produ
         raise HeaderError(f"{PRODUCER_ID} must not be empty")
     return Producer(pid, _producer_number(PRODUCER_EPOCH, epoch),
                     _producer_number(PRODUCER_SEQ, seq))
+
+
+def stream_path(raw: str) -> str:
+    """Decode the ``{path}`` of ``/v1/stream/{path}`` segment by segment.
+
+    :raises InvalidStreamPath: bad percent-encoding, an encoded ``/`` inside a
+        segment, ``.``/``..``/empty segments, NUL, over-long paths
+    """
+    segments = []
+    for seg in raw.split("/"):
+        try:
+            text = unquote(seg, errors="strict")
+        except UnicodeDecodeError:
+            raise e.InvalidStreamPath("stream path is not valid UTF-8") from None
+        if "/" in text or "\\" in text:
+            raise e.InvalidStreamPath("encoded slash or backslash in stream path")
+        segments.append(text)
+    return check_path("/".join(segments))

@@ -34,6 +34,7 @@ from . import cors
 from . import headers as h
 from .cursor import next_cursor
 from .http import Response, StreamingResponse
+from .reads import read_response
 
 _LINES = re.compile(rb"\r\n|\r|\n")
 KEEPALIVE = b":\n\n"
@@ -42,8 +43,6 @@ KEEPALIVE_EVERY = 15.0
 
 async def long_poll(ctx, req, path: str, offset) -> Response:
     """``live=long-poll``: data now, data within the timeout, or 204."""
-    from .handlers import read_response
-
     store, chunk = ctx.store, ctx.config.read_chunk
     cursor = next_cursor(req.param("cursor"))
     if offset is NOW:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import CallFailed, OnePipeError, SchemaError
-from .flow import _runtime, _Writer, check_name
+from .flow import Writer, check_name
+from .runtime import resolve_runtime
 from .runtime import Runtime
 from .schema import check_json
 from .transport import Transport
@@ -75,7 +76,7 @@ class Channel:
         self.transport = transport
         self._handler = handler
         self._instance = instance
-        self._writer = _Writer(transport, self.path, f"channel-{name}")
+        self._writer = Writer(transport, self.path, f"channel-{name}")
         self._running: set[str] = set()
 
     @staticmethod
@@ -223,7 +224,7 @@ class ChannelBuilder:
 
     async def build(self, rt: Runtime | None = None) -> Channel:
         """Create ``channels/{name}/calls`` if needed and return the channel."""
-        rt = _runtime(rt)
+        rt = resolve_runtime(rt)
         ch = Channel(self.name, rt.transport, self._handler, rt.instance)
         await rt.transport.ensure(ch.path)
         return ch

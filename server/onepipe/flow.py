@@ -32,7 +32,7 @@ import anyio
 
 from unbroken_engine.stores.interface import Producer
 from .errors import OnePipeError
-from .runtime import Runtime, current_runtime
+from .runtime import Runtime, resolve_runtime
 from .schema import Schema
 from .transport import START, Batch, Transport
 
@@ -55,10 +55,6 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
-def _runtime(rt: Runtime | None) -> Runtime:
-    return rt if rt is not None else current_runtime()
-
-
 def pairs(batch: Batch, decode) -> list[tuple[str, Any]]:
     """``(offset, value)`` for each value of a batch (see the module doc)."""
     n = len(batch.values)
@@ -75,7 +71,7 @@ class _Producer:
         self.seq = 0
 
 
-class _Writer:
+class Writer:
     """Appends to one stream as idempotent producers, so that a retry after a
     lost answer is recognised by the server as a duplicate (written once).
 
@@ -128,7 +124,7 @@ class Flow(Generic[T]):
         self.path = f"flows/{name}"
         self.transport = transport
         self._schema = schema
-        self._writer = _Writer(transport, self.path, f"flow-{name}")
+        self._writer = Writer(transport, self.path, f"flow-{name}")
 
     @staticmethod
     def create(name: str) -> "FlowBuilder[Any]":
@@ -238,7 +234,7 @@ class FlowBuilder(Generic[T]):
 
         :param rt: the runtime (default: the current one)
         """
-        rt = _runtime(rt)
+        rt = resolve_runtime(rt)
         transport = rt.transport
         if self._db is not None:
             transport = await rt.db_transport(self._db, self._db_schema)

@@ -39,7 +39,7 @@ from .transport import HttpTransport, LocalTransport, Retry, Transport
 
 log = logging.getLogger("unbroken.onepipe")
 
-__all__ = ["Runtime", "connect", "current_runtime", "MODES", "DEFAULT_PORT"]
+__all__ = ["Runtime", "connect", "current_runtime", "resolve_runtime", "MODES", "DEFAULT_PORT"]
 
 MODES = ("inprocess", "embedded", "remote")
 DEFAULT_PORT = 9999
@@ -59,6 +59,12 @@ def current_runtime() -> "Runtime":
         raise NoRuntime("no OnePipe runtime is open: use `async with connect() as rt:` "
                         "(or pass the runtime to build())")
     return rt
+
+
+def resolve_runtime(rt: "Runtime | None") -> "Runtime":
+    """``rt`` itself, or the current runtime when it is None (how every
+    builder's ``build(rt=None)`` finds its runtime)."""
+    return rt if rt is not None else current_runtime()
 
 
 def _env_port(environ) -> int:
@@ -274,7 +280,7 @@ class _EmbeddedServer:
 
     async def _run(self, *, task_status) -> None:
         from ..app import serve
-        from ..handlers import ServerConfig, ServerContext
+        from ..context import ServerConfig, ServerContext
 
         store = await anyio.to_thread.run_sync(_open_file_store, self.data_dir)
         try:

@@ -30,7 +30,8 @@ from typing import Any, AsyncIterator, Callable, Generic, TypeVar
 import anyio
 
 from .errors import OnePipeError, SeqConflict
-from .flow import _runtime, check_name
+from .flow import check_name
+from .runtime import resolve_runtime
 from .runtime import Runtime
 from .schema import Schema
 from .transport import Transport
@@ -204,7 +205,7 @@ class SignalBuilder(Generic[T]):
 
     async def build(self, rt: Runtime | None = None) -> Signal[T]:
         """Create ``signals/{name}`` if needed and return the signal."""
-        rt = _runtime(rt)
+        rt = resolve_runtime(rt)
         sig = Signal(self.name, rt.transport, self.default, self._schema, rt.instance,
                      rt.retry.retry_for)
         await rt.transport.ensure(sig.path)

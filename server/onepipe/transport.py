@@ -273,7 +273,7 @@ class LocalTransport(Transport):
             await self.store.aclose()
 
 
-async def _scan_last(t: Transport, path: str, first: Batch | None = None) -> Last:
+async def scan_last(t: Transport, path: str, first: Batch | None = None) -> Last:
     """The latest message by reading everything (servers without the
     extension), starting with ``first``, a read from the start already made."""
     offset, last, b = START, None, first
@@ -423,7 +423,7 @@ class HttpTransport(Transport):
         if r.headers.get("stream-read", "").lower() != "last":
             # A server without the extension ignored the parameter and sent
             # an ordinary read from the start: go on reading from there.
-            return await _scan_last(self, path, self._batch(r, START))
+            return await scan_last(self, path, self._batch(r, START))
         values = json.loads(r.content) if r.content else []
         closed = r.headers.get("stream-closed", "").lower() == "true"
         nxt = r.headers["stream-next-offset"]

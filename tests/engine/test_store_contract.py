@@ -33,9 +33,9 @@ from unbroken_engine.log.memory import MemoryLog
 from unbroken_engine.stores.memory import MemoryStreamStore
 from unbroken_engine.protocol.offsets import NOW, START, ZERO, format_offset, parse_offset
 from unbroken_engine.protocol.producers import ProducerOutcome
+from unbroken_engine.protocol.media import DEFAULT_CONTENT_TYPE
+from unbroken_engine.protocol.rules import MAX_PATH_BYTES
 from unbroken_engine.stores.interface import (
-    DEFAULT_CONTENT_TYPE,
-    MAX_PATH_BYTES,
     AppendOptions,
     CreateOptions,
     Producer,

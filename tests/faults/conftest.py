@@ -231,7 +231,7 @@ class InProcessServer:
 
     def __init__(self, portal, store, config):
         from unbroken_server.app import serve
-        from unbroken_server.handlers import ServerConfig, ServerContext
+        from unbroken_server.context import ServerConfig, ServerContext
 
         self.portal = portal
         self.store = store

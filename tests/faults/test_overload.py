@@ -338,7 +338,8 @@ async def test_a_live_reader_slot_is_given_back_however_the_response_ends():
     iterated (its head never went out), one closed half-way, one that ends by
     itself, and a long-poll each give their slot back exactly once."""
     from unbroken_engine import MemoryStreamStore
-    from unbroken_server.handlers import ServerConfig, ServerContext, handle
+    from unbroken_server.context import ServerConfig, ServerContext
+    from unbroken_server.routing import handle
     from unbroken_server.http import Request
 
     ctx = ServerContext(MemoryStreamStore(), ServerConfig(max_live_readers=2,

@@ -15,7 +15,7 @@ shared helper lives here and reaches the tests through a fixture:
 * ``run_server(ctx)`` -- an async context manager running ``app.serve`` on
   127.0.0.1, port 0; ``server.connect()`` gives an :class:`HTTPClient` over a
   real socket. Leaving the block calls ``ctx.shutdown()``.
-* ``call(ctx, method, target, headers, body)`` -- ``handlers.handle`` on a
+* ``call(ctx, method, target, headers, body)`` -- ``routing.handle`` on a
   :class:`Request`, returning a :class:`Resp` (streaming bodies untouched).
 * ``store`` -- a MemoryStreamStore or a FileBackedStreamStore in tmp_path
   (parametrized), closed at teardown.
@@ -42,7 +42,8 @@ from unbroken_engine import FileBackedStreamStore, MemoryStreamStore
 from unbroken_server.app import serve
 from unbroken_server.connection import serve_connection
 from unbroken_server.errors import error_response
-from unbroken_server.handlers import ServerConfig, ServerContext, handle
+from unbroken_server.context import ServerConfig, ServerContext
+from unbroken_server.routing import handle
 from unbroken_server.http import Request, StreamingResponse
 
 #: liveness bound for any single wait in these tests (never a timing assertion)

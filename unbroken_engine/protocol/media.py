@@ -8,6 +8,9 @@ create's against the existing one -- use the *media type*: the part before
 """
 from __future__ import annotations
 
+#: A stream created without a content type has this one.
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
 
 def media_type(content_type: str) -> str:
     """``"Application/JSON; charset=utf-8"`` -> ``"application/json"``."""

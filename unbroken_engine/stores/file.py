@@ -46,7 +46,8 @@ from .. import _testhooks, errors
 from ..log import layout
 from ..log.segmented import LogConfig, SegmentedLog
 from .interface import StoreRecovery
-from .base import BaseStreamStore, Stream, _Requested
+from ..protocol.rules import Requested
+from .base import BaseStreamStore, Stream
 
 log = logging.getLogger("unbroken")
 
@@ -128,7 +129,7 @@ class FileBackedStreamStore(BaseStreamStore):
         req = meta["requested"]
         fork = meta.get("fork")
         expires = _parse_time(meta["expires_at"])
-        requested = _Requested(req["content_type"], req["ttl"], _parse_time(req["expires_at"]),
+        requested = Requested(req["content_type"], req["ttl"], _parse_time(req["expires_at"]),
                                fork["from"] if fork else None, fork["offset"] if fork else None,
                                fork["sub_offset"] if fork else 0)
         s = Stream(meta["path"], meta["content_type"], slog, ttl=meta["ttl"], expires_at=expires,

@@ -27,12 +27,10 @@ from datetime import datetime
 from .. import _native as nat
 from .. import errors
 from ..protocol import framing
+from ..protocol.media import DEFAULT_CONTENT_TYPE
 from ..protocol.media import is_json
 from ..protocol.producers import ProducerOutcome
 
-DEFAULT_CONTENT_TYPE = "application/octet-stream"
-#: Longest stream path a store accepts, in UTF-8 bytes.
-MAX_PATH_BYTES = 1024
 #: Default cap on the bytes one read returns (a whole append is never split).
 DEFAULT_READ_CHUNK = 1 << 20
 

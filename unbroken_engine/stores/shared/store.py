@@ -76,19 +76,19 @@ from ..interface import (
     StreamStore,
     last_json_value,
 )
-from ..base import (
-    _Requested,
+from ...protocol.rules import (
+    Requested,
     append_record,
     check_create_options,
     check_path,
     check_producer,
     check_same_config,
     check_stream_seq,
-    closed_answer,
     created_content_type,
     initial_records,
     prefix_record,
 )
+from ..base import closed_answer
 
 log = logging.getLogger("unbroken")
 
@@ -233,9 +233,9 @@ class Row:
         return self.base if self.source is not None else None
 
     @property
-    def requested(self) -> _Requested:
+    def requested(self) -> Requested:
         """What the creating request asked for (to judge an identical create)."""
-        return _Requested(self.req_media, self.req_ttl, _parse_time(self.req_expires_at),
+        return Requested(self.req_media, self.req_ttl, _parse_time(self.req_expires_at),
                           self.fork_from, self.fork_offset, self.fork_sub_offset)
 
     def expires(self) -> datetime | None:
