@@ -63,7 +63,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import statistics
 import sys
@@ -78,8 +77,10 @@ from unbroken_engine import Durability, LogConfig, SegmentedLog
 from unbroken_engine import __version__ as engine_version
 from unbroken_engine import _native
 
-KiB = 1024
-MiB = 1024 * KiB
+from .harness.options import (KiB, MiB, _split, _unique, existing_dir, fmt_size, parse_size,
+                              positive_float, positive_int)
+from .harness.report import _finite
+
 READ_CHUNK = 1 * MiB            # max_bytes of one catch-up read; memcpy piece size
 READ_RECORD = 1 * KiB           # record size of the catch-up log
 RECOVERY_RECORD = 100           # record size of the recovery segment
@@ -114,32 +115,6 @@ QUICK = Profile(repeats=3, duration=0.1, records=200_000, round_mib=64,
 
 
 # ---- parsing options (pure) ----------------------------------------------------
-
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib)?\s*$", re.IGNORECASE)
-_UNITS = {None: 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB}
-
-
-def parse_size(text: str) -> int:
-    """``"64"`` -> 64, ``"1KiB"``/``"1k"`` -> 1024, ``"64MiB"`` -> 67108864.
-
-    :raises argparse.ArgumentTypeError: not a size
-    """
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(
-            f"{text.strip()!r} is not a size (bytes, optionally with a K/KiB or M/MiB suffix)")
-    return int(m.group(1)) * _UNITS[m.group(2) and m.group(2).lower()]
-
-
-def _split(text: str, what: str) -> list[str]:
-    items = [t.strip() for t in text.split(",")]
-    if not text.strip() or any(not t for t in items):
-        raise argparse.ArgumentTypeError(f"{what}: expected a comma-separated list, got {text!r}")
-    return items
-
-
-def _unique(values):
-    return tuple(dict.fromkeys(values))
 
 
 def size_list(text: str) -> tuple[int, ...]:
@@ -193,32 +168,6 @@ def segment_size(text: str) -> int:
     if not 4 * KiB <= n <= 0xFFFF0000:
         raise argparse.ArgumentTypeError(f"segment size {n} out of range 4KiB..0xFFFF0000")
     return n
-
-
-def positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return n
-
-
-def positive_float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        x = math.nan
-    if not (x > 0 and math.isfinite(x)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return x
-
-
-def existing_dir(text: str) -> str:
-    if not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an existing directory")
-    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -695,14 +644,6 @@ class Job:
     start: int
 
 
-def fmt_size(n: int) -> str:
-    """64 -> '64B', 1024 -> '1KiB', 65536 -> '64KiB', 1048576 -> '1MiB', 1000 -> '1000B'."""
-    for unit, name in ((MiB, "MiB"), (KiB, "KiB")):
-        if n >= unit and n % unit == 0:
-            return f"{n // unit}{name}"
-    return f"{n}B"
-
-
 def _append_job(settings: Settings, size: int, durability: Durability, mode: str,
                 writers: int = 1) -> Job:
     config = LogConfig(segment_size=settings.segment_size, durability=durability)
@@ -944,17 +885,6 @@ def render_json(results: Sequence[Result], targets: Sequence[Target], settings: 
         "targets": [t.to_json() for t in targets],
     }
     return json.dumps(_finite(doc), indent=2, allow_nan=False)
-
-
-def _finite(x):
-    """``x`` with every infinite or NaN float replaced by None (JSON has neither)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 def run(args: argparse.Namespace) -> int:

@@ -95,23 +95,14 @@ from typing import Awaitable, Callable, Sequence
 
 import anyio
 
-from .engine import _finite, existing_dir, positive_float, positive_int
 from .engine import machine_info as engine_machine_info
-from .http import (
-    CpuMeter,
-    Latency,
-    Progress,
-    Run,
-    Server,
-    _choices,
-    _fmt_value,
-    _load,
-    _median_or_none,
-    fsync_probe,
-    json_body,
-    load_average,
-    safe_ratio,
-)
+from .harness.machine import fsync_probe, load_average
+from .harness.options import _choices, existing_dir, positive_float, positive_int
+from .harness.process import CpuMeter, Server
+from .harness.report import Progress, _finite, _fmt_value, _load
+from .harness.results import Run
+from .harness.stats import Latency, _median_or_none, safe_ratio
+from .harness.workloads import json_body
 from .stores import DEFAULT_SIZE, Store, body_size, child_env, non_negative_seconds
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport

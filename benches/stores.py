@@ -82,33 +82,17 @@ from dataclasses import dataclass, field
 from typing import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from .engine import _finite, _split, _unique, existing_dir, parse_size, positive_float, \
-    positive_int
-from .http import (
-    SSE_DRAIN,
-    CpuMeter,
-    HttpConnection,
-    Latency,
-    ProtocolError,
-    Progress,
-    Run,
-    Server,
-    _UNBROKEN_READY,
-    _fmt_run,
-    _fmt_value,
-    closed_loop_appends,
-    create_stream,
-    fsync_probe,
-    json_body,
-    load_average,
-    non_negative_seconds,
-    open_connections,
-    readers_list,
-    request_bytes,
-    sse_run,
-    start_process,
-    stream_name,
-)
+from .harness.client import HttpConnection, ProtocolError, open_connections, request_bytes
+from .harness.machine import fsync_probe, load_average
+from .harness.options import (_split, _unique, existing_dir, non_negative_seconds, parse_size,
+                              positive_float, positive_int)
+from .harness.process import CpuMeter, Server, _UNBROKEN_READY, start_process
+from .harness.report import Progress, _finite, _fmt_run, _fmt_value
+from .harness.results import Run
+from .harness.stats import Latency
+from .harness.workloads import (SSE_DRAIN, closed_loop_appends, create_stream, json_body,
+                                sse_run, stream_name)
+from .http import readers_list
 
 # ---- constants -------------------------------------------------------------------------
 

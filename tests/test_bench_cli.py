@@ -8,6 +8,7 @@ import math
 import pytest
 
 from unbroken_benches import engine
+from unbroken_benches.harness import options
 from unbroken_benches.engine import KiB, MiB, Result, Sample, Settings
 from unbroken_engine import Durability
 from unbroken_server import cli
@@ -39,13 +40,13 @@ def result(workload, label="x", seconds=(1.0,), ops=1000, nbytes=1_000_000, **pa
     ("64KiB", 65536), ("1MiB", MiB), ("2 M", 2 * MiB), ("100B", 100),
 ])
 def test_parse_size(text, expected):
-    assert engine.parse_size(text) == expected
+    assert options.parse_size(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "abc", "1.5k", "-1", "1GiB", "k", "64 KiB extra"])
 def test_parse_size_rejects(text):
     with pytest.raises(argparse.ArgumentTypeError, match="is not a size"):
-        engine.parse_size(text)
+        options.parse_size(text)
 
 
 def test_sizes_list():
@@ -153,7 +154,7 @@ def test_next_count_aims_at_the_duration():
 @pytest.mark.parametrize("n, text", [(64, "64B"), (1024, "1KiB"), (65536, "64KiB"),
                                      (MiB, "1MiB"), (1000, "1000B"), (1536, "1536B")])
 def test_fmt_size(n, text):
-    assert engine.fmt_size(n) == text
+    assert options.fmt_size(n) == text
 
 
 def known_results():

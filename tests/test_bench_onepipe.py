@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from unbroken_benches import onepipe as ob
-from unbroken_benches.http import Run, Server
+from unbroken_benches.harness.process import Server
+from unbroken_benches.harness.results import Run
 from unbroken_engine.onepipe import SeqConflict
 from unbroken_engine.onepipe.transport import Batch
 from unbroken_server import cli

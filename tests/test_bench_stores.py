@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from unbroken_benches import stores as sb
-from unbroken_benches.http import Run
+from unbroken_benches.harness.results import Run
 from unbroken_server import cli
 
 NS = 1_000_000  # one millisecond in nanoseconds
