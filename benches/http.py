@@ -82,9 +82,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -95,15 +93,17 @@ from typing import Sequence
 from urllib.parse import quote
 
 from .harness.client import HttpConnection, open_connections, request_bytes
-from .harness.machine import fsync_probe, load_average
-from .harness.options import (KiB, MiB, STREAM_PREFIX, _choices, _count_list, _split, _unique,
-                              base_url, existing_dir, fmt_size, non_negative_seconds,
-                              parse_size, positive_float, positive_int)
-from .harness.process import (DEFAULT_REFERENCE_MODULE, REFERENCE_ENV, CpuMeter, Server,
-                              _UNBROKEN_READY, start_process, start_reference, start_sink)
-from .harness.report import Progress, _finite, _fmt_run, _fmt_value, _load
+from .harness.machine import fsync_probe, load_average, platform_info
+from .harness.options import (KiB, MiB, STREAM_PREFIX, add_output_flags, base_url, choices,
+                              count_list, fmt_size, non_negative_seconds, or_default, parse_size,
+                              positive_float, positive_int, split_list, unique)
+from .harness.process import (DEFAULT_REFERENCE_MODULE, REFERENCE_ENV, UNBROKEN_READY, CpuMeter,
+                              Server, serve_command, start_process, start_reference, start_sink)
+from .harness.report import (Progress, fmt_load, fmt_run, fmt_value, json_text,
+                             render_table as render_columns, render_targets as render_target_lines,
+                             render_warnings)
 from .harness.results import Run
-from .harness.stats import Latency, _median_or_none, safe_ratio
+from .harness.stats import Latency, median_or_none, ratio
 from .harness.workloads import (SSE_DRAIN, LongPollReader, SseReader, closed_loop_appends,
                                 create_stream, json_body, sse_run, stream_name)
 # ---- constants ---------------------------------------------------------------------
@@ -152,37 +152,37 @@ DEFAULT_SSE_RATE = 2.0
 
 def workload_list(text: str) -> tuple[str, ...]:
     """``"append,sse"`` -> ``("append", "sse")``; names from WORKLOADS."""
-    return _choices(text, "workload", WORKLOADS)
+    return choices(text, "workload", WORKLOADS)
 
 
 def type_list(text: str) -> tuple[str, ...]:
     """``"octet,json"``; names from TYPES."""
-    return _choices(text, "type", TYPES)
+    return choices(text, "type", TYPES)
 
 
 def layout_list(text: str) -> tuple[str, ...]:
     """``"shared,own"``; names from LAYOUTS."""
-    return _choices(text, "layout", LAYOUTS)
+    return choices(text, "layout", LAYOUTS)
 
 
 def connections_list(text: str) -> tuple[int, ...]:
     """``"1,16,64"`` -> ``(1, 16, 64)``; each 1 .. MAX_CONNECTIONS."""
-    return _count_list(text, "connections", MAX_CONNECTIONS)
+    return count_list(text, "connections", MAX_CONNECTIONS)
 
 
 def readers_list(text: str) -> tuple[int, ...]:
     """``"100,1000"`` -> ``(100, 1000)``; each 1 .. MAX_READERS."""
-    return _count_list(text, "readers", MAX_READERS)
+    return count_list(text, "readers", MAX_READERS)
 
 
 def body_size_list(text: str) -> tuple[int, ...]:
     """``"100,1KiB"`` -> ``(100, 1024)``; each 16 B .. 16 MiB (a JSON body of
     that exact size needs at least 16 bytes)."""
-    sizes = [parse_size(t) for t in _split(text, "sizes")]
+    sizes = [parse_size(t) for t in split_list(text, "sizes")]
     for s in sizes:
         if not 16 <= s <= 16 * MiB:
             raise argparse.ArgumentTypeError(f"body size {s} out of range 16..{16 * MiB}")
-    return _unique(sizes)
+    return unique(sizes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -239,10 +239,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="messages per second of the SSE writer (default: %(default)g)")
     add("--no-ceiling", dest="ceiling", action="store_false",
         help="skip measuring the load generator's ceiling")
-    add("--json", action="store_true", dest="as_json",
-        help="print machine-readable JSON instead of the table")
-    add("--dir", type=existing_dir, default=None, metavar="PATH",
-        help="where to create the servers' data directories (default: the system temp dir)")
+    add_output_flags(parser, "where to create the servers' data directories (default: the "
+                             "system temp dir)")
     from . import plot
     plot.add_argument(parser)
 
@@ -277,9 +275,7 @@ class Settings:
     def from_args(cls, args: argparse.Namespace) -> "Settings":
         profile = QUICK if args.quick else FULL
 
-        def pick(value, default):
-            return default if value is None else value
-
+        pick = or_default
         return cls(
             url=args.url, compare=args.compare, compare_reference=args.compare_reference,
             reference_module=args.reference_module, node=args.node, only=tuple(args.only),
@@ -382,7 +378,7 @@ class Result:
         None when both are only lower bounds."""
         if self.lower_bound("unbroken") and self.lower_bound("reference"):
             return None
-        return safe_ratio(self.value("unbroken"), self.value("reference"))
+        return ratio(self.value("unbroken"), self.value("reference"))
 
     @property
     def ratio_bound(self) -> str:
@@ -395,7 +391,7 @@ class Result:
     def generator_share(self, side: str) -> float | None:
         """How close ``side``'s figure is to the generator's ceiling (1.0 = at it)."""
         v, c = self.value(side), self.ceiling_value
-        return safe_ratio(v, c) if self.higher_is_better else safe_ratio(c, v)
+        return ratio(v, c) if self.higher_is_better else ratio(c, v)
 
     def generator_bound(self, side: str) -> bool:
         share = self.generator_share(side)
@@ -410,8 +406,8 @@ class Result:
                 "rounds": [r.to_json() for r in runs],
                 "errors": sum(r.errors for r in runs), "missing": sum(r.missing for r in runs),
                 "latency": lat.to_json() if lat else None,
-                "server_cpu": _median_or_none(r.server_cpu for r in runs),
-                "client_cpu": _median_or_none(r.client_cpu for r in runs),
+                "server_cpu": median_or_none(r.server_cpu for r in runs),
+                "client_cpu": median_or_none(r.client_cpu for r in runs),
                 "generator_share": self.generator_share(side),
                 "generator_bound": self.generator_bound(side),
             }
@@ -507,21 +503,14 @@ def evaluate_targets(results: Sequence[Result], settings: Settings) -> list[Targ
     return targets
 
 
-# ---- the HTTP/1.1 client (parsing is pure) --------------------------------------------------
+# ---- the servers -----------------------------------------------------------------------------
 
-
-# ---- SSE parsing (pure) ---------------------------------------------------------------------
-
-
-# ---- servers -------------------------------------------------------------------------------
-
-
-def start_unbroken(data_dir: str, log_path: str) -> Server:
-    cmd = [sys.executable, "-m", "unbroken_server", "serve", "--host", "127.0.0.1",
-           "--port", "0", "--store", "file", "--data-dir", data_dir,
-           "--durability", "always", "--log-level", "warning"]
-    return start_process("unbroken", "unbroken serve (file store, --durability always)", cmd,
-                         _UNBROKEN_READY, log_path)
+def start_unbroken(data_dir: str, log_path: str, durability: str = "always") -> Server:
+    """Start the Unbroken server under test: ``unbroken serve`` on the file
+    store in ``data_dir``, a free port, ``--durability`` ``durability``."""
+    cmd = serve_command("file", None, data_dir, durability=durability)
+    return start_process("unbroken", f"unbroken serve (file store, --durability {durability})",
+                         cmd, UNBROKEN_READY, log_path)
 
 
 # ---- workloads: each returns one Run ----------------------------------------------------------
@@ -665,7 +654,7 @@ class Bench:
                 run = await measure(srv)
                 runs[srv.name].append(run)
                 self.progress.say(f"    round {rnd}/{self.s.rounds} {srv.name:<9} "
-                                  f"{_fmt_run(metric, run)}")
+                                  f"{fmt_run(metric, run)}")
         return {k: tuple(v) for k, v in runs.items()}
 
     async def _ceiling(self, label: str, metric: str, measure) -> tuple:
@@ -673,7 +662,7 @@ class Bench:
             return ()
         self.sink.check_alive()
         run = await measure(self.sink)
-        self.progress.say(f"    ceiling (trivial server)  {_fmt_run(metric, run)}")
+        self.progress.say(f"    ceiling (trivial server)  {fmt_run(metric, run)}")
         return (run,)
 
     async def appends(self) -> list[Result]:
@@ -778,10 +767,7 @@ def machine_info(sides: Sequence[Server], settings: Settings,
     info = {
         "load_average_before": load_before,
         "load_average_after": load_average(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        **platform_info(),
         "servers": {s.name: {"url": s.url, "what": s.description} for s in sides},
     }
     if settings.compare_reference:
@@ -814,38 +800,28 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
         cells = []
         for side in ("unbroken", "reference"):
             bound = ">" if r.lower_bound(side) else ""
-            cells.append(bound + _fmt_value(r.metric, r.value(side)))
+            cells.append(bound + fmt_value(r.metric, r.value(side)))
         fsync = f"{statistics.median(r.fsync_ms):.2f}" if r.fsync_ms else "-"
         rows.append([r.workload, r.label, r.unit, *cells,
                      f"{r.ratio_bound}{ratio:.2f}" if ratio is not None else "-",
-                     _fmt_value(r.metric, r.ceiling_value), fsync, " ".join(flags)])
+                     fmt_value(r.metric, r.ceiling_value), fsync, " ".join(flags)])
     return rows
 
 
 def render_table(results: Sequence[Result]) -> str:
-    rows = [TABLE_HEADER] + table_rows(results)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+    """The results as an aligned table (figures right-aligned)."""
+    return render_columns(TABLE_HEADER, table_rows(results), _RIGHT)
 
-    def line(row):
-        return "  ".join(c.rjust(w) if i in _RIGHT else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
 
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(rows[0]), rule] + [line(r) for r in rows[1:]])
+def _target_value(t: Target) -> str:
+    if t.value is None:
+        return "not measured"
+    return f"{t.bound}{t.value:.2f} {'<=' if t.at_most else '>='} {t.threshold:g}"
 
 
 def render_targets(targets: Sequence[Target]) -> str:
-    if not targets:
-        return "targets: none for these workloads"
-    width = max(len(t.label) for t in targets)
-    lines = ["targets (reporting only: the exit status is 0 either way)"]
-    for t in targets:
-        op = "<=" if t.at_most else ">="
-        value = ("not measured" if t.value is None
-                 else f"{t.bound}{t.value:.2f} {op} {t.threshold:g}")
-        line = f"  {t.status:<4}  {t.label.ljust(width)}  {value}"
-        lines.append(line + (f"  [{t.note}]" if t.note else ""))
-    return "\n".join(lines)
+    """The targets section."""
+    return render_target_lines(targets, _target_value)
 
 
 def warnings_for(results: Sequence[Result]) -> list[str]:
@@ -864,8 +840,8 @@ def warnings_for(results: Sequence[Result]) -> list[str]:
             if r.generator_bound(side) and key not in seen:
                 seen.add(key)
                 out.append(f"{r.workload} {r.label}: {side} {r.unit} "
-                           f"{_fmt_value(r.metric, r.value(side))} is {share:.0%} of the load "
-                           f"generator's ceiling ({_fmt_value(r.metric, r.ceiling_value)}): "
+                           f"{fmt_value(r.metric, r.value(side))} is {share:.0%} of the load "
+                           f"generator's ceiling ({fmt_value(r.metric, r.ceiling_value)}): "
                            f"it may be measuring the generator")
             runs = r.runs[side]
             errors = sum(x.errors for x in runs)
@@ -886,8 +862,8 @@ def render_text(results: Sequence[Result], targets: Sequence[Target], settings: 
         f"Unbroken HTTP benchmark{' (--quick)' if settings.quick else ''}: Python "
         f"{machine['python']}, {machine['cpu_count']} CPUs"
         f"{', node ' + machine['node'] if machine.get('node') else ''}; load average "
-        f"(1/5/15 min) before {_load(machine['load_average_before'])}, after "
-        f"{_load(machine['load_average_after'])} (other processes compete for the CPUs "
+        f"(1/5/15 min) before {fmt_load(machine['load_average_before'])}, after "
+        f"{fmt_load(machine['load_average_after'])} (other processes compete for the CPUs "
         f"and the disk when these are well above 0)\n"
         f"servers: {servers}\n"
         f"servers measured one at a time (rounds alternate unbroken, reference, ...; the idle "
@@ -905,9 +881,7 @@ def render_text(results: Sequence[Result], targets: Sequence[Target], settings: 
         f"{SSE_DRAIN:g} s count as slower than all); fsync ms = median write + fdatasync "
         f"latency of this disk, probed before each round")
     parts = [head, render_table(results), render_targets(targets)]
-    if warnings:
-        parts.append("warnings\n" + "\n".join(f"  {w}" for w in warnings))
-    return "\n\n".join(parts)
+    return "\n\n".join(parts + render_warnings(warnings))
 
 
 def render_json(results: Sequence[Result], targets: Sequence[Target], settings: Settings,
@@ -923,7 +897,7 @@ def render_json(results: Sequence[Result], targets: Sequence[Target], settings: 
         "targets": [t.to_json() for t in targets],
         "warnings": list(warnings),
     }
-    return json.dumps(_finite(doc), indent=2, allow_nan=False)
+    return json_text(doc)
 
 
 # ---- entry point ----------------------------------------------------------------------------
@@ -983,7 +957,8 @@ def _start_servers(settings: Settings, root: str, started: list, progress: Progr
     elif settings.compare_reference:
         d = os.path.join(root, "reference")
         os.mkdir(d)
-        srv = start_reference(settings, d, os.path.join(root, "reference.log"))
+        srv = start_reference(settings.node, settings.reference_module, d,
+                              os.path.join(root, "reference.log"))
         started.append(srv)
         sides.append(srv)
         progress.say(f"started {srv.description} at {srv.url} (pid {srv.pid})")

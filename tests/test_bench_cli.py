@@ -8,7 +8,7 @@ import math
 import pytest
 
 from unbroken_benches import engine
-from unbroken_benches.harness import options
+from unbroken_benches.harness import options, stats
 from unbroken_benches.engine import KiB, MiB, Result, Sample, Settings
 from unbroken_engine import Durability
 from unbroken_server import cli
@@ -139,9 +139,9 @@ def test_result_takes_the_median_round():
 
 
 def test_ratio():
-    assert engine.ratio(50, 100) == 0.5
-    assert engine.ratio(1, 0) is None
-    assert engine.ratio(1, math.inf) is None
+    assert stats.ratio(50, 100) == 0.5
+    assert stats.ratio(1, 0) is None
+    assert stats.ratio(1, math.inf) is None
 
 
 def test_next_count_aims_at_the_duration():

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from unbroken_benches import onepipe as ob
+from unbroken_benches.harness import report
 from unbroken_benches.harness.process import Server
 from unbroken_benches.harness.results import Run
 from unbroken_engine.onepipe import SeqConflict
@@ -208,7 +209,7 @@ def test_formatting():
     assert ob.fmt_ms(0.0234) == "0.023"
     assert ob.fmt_ms(12.345) == "12.35"
     assert ob.fmt_ms(None) == "-"
-    table = ob.render_table(["mode", "value"], [["inprocess", "1"], ["remote", "1,000"]])
+    table = report.render_table(["mode", "value"], [["inprocess", "1"], ["remote", "1,000"]])
     assert table.splitlines() == ["mode       value", "---------  -----",
                                   "inprocess      1", "remote     1,000"]
 

@@ -19,11 +19,14 @@ class ProtocolError(Exception):
 
 @dataclass
 class Response:
+    """A parsed response: status, headers and (unless streamed) body."""
+
     status: int
     headers: dict   # lower-cased name -> value (repeated headers joined by ", ")
     body: bytes = b""
 
     def header(self, name: str) -> str | None:
+        """The value of header ``name`` (lower case), None when absent."""
         return self.headers.get(name)
 
 
@@ -224,12 +227,14 @@ class DeferredFeed:
         self._scheduled = False
 
     def add(self, conn: "HttpConnection", data: bytes) -> None:
+        """Stamp ``data`` arriving on ``conn`` now; parse it later in this pass."""
         self._pending.append((conn, data, time.perf_counter_ns()))
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
+        """Parse every piece stamped so far, in arrival order."""
         pending, self._pending, self._scheduled = self._pending, [], False
         for conn, data, ts in pending:
             conn.received_ns = ts
@@ -256,18 +261,22 @@ class HttpConnection(asyncio.BufferedProtocol):
     @classmethod
     async def open(cls, host: str, port: int,
                    deferred: DeferredFeed | None = None) -> "HttpConnection":
+        """Connect to ``host``:``port`` (with ``deferred``: parse its pieces deferred)."""
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(lambda: cls(host, port, deferred), host, port)
         return conn
 
     # asyncio.Protocol
     def connection_made(self, transport) -> None:
+        """asyncio: the connection is open."""
         self.transport = transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        """asyncio: where to receive (the one preallocated buffer)."""
         return self._rbuf
 
     def buffer_updated(self, nbytes: int) -> None:
+        """asyncio: ``nbytes`` arrived: stamp them and parse (or defer)."""
         if self._deferred is not None:
             self._deferred.add(self, bytes(self._rbuf[:nbytes]))
         else:
@@ -275,6 +284,7 @@ class HttpConnection(asyncio.BufferedProtocol):
             self.feed(self._rbuf[:nbytes])
 
     def connection_lost(self, exc) -> None:
+        """asyncio: the connection ended; end the request in flight, if any."""
         if self._deferred is not None:
             self._deferred.flush()
         self.closed = True
@@ -292,6 +302,7 @@ class HttpConnection(asyncio.BufferedProtocol):
             waiter.set_result(resp)
 
     def feed(self, data) -> None:
+        """Parse received ``data``; complete the request in flight with its response."""
         try:
             done = self.parser.feed(data)
         except ProtocolError as err:
@@ -321,10 +332,12 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     async def request(self, method: str, target: str, headers=(), body: bytes = b"", *,
                       on_body: Callable | None = None) -> Response:
+        """Send a request and await its response (``on_body``: stream the body to it)."""
         raw = request_bytes(method, target, self.host_header, headers, body)
         return await self.send(raw, expect_body=method != "HEAD", on_body=on_body)
 
     def close(self) -> None:
+        """Close the connection."""
         if self.transport is not None:
             self.transport.close()
 

@@ -1,8 +1,9 @@
-"""The machine the figures were taken on: platform, load average, and the
-disk's write + fdatasync latency now."""
+"""The machine the figures were taken on: platform, load average, the
+engine build, and the disk's write + fdatasync latency now."""
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -33,7 +34,30 @@ def fsync_probe(directory: str, count: int = FSYNC_PROBES, size: int = 4 * KiB) 
 
 
 def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, None where the OS has none."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def platform_info() -> dict:
+    """Python, its implementation, the platform and the CPU count."""
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def engine_info(directory: str | None = None) -> dict:
+    """The engine build (CRC32C in hardware, version) and the scratch directory."""
+    from unbroken_engine import __version__ as engine_version
+    from unbroken_engine import _native
+
+    return {
+        "crc32c_hardware": _native.crc32c_hw_active(),
+        "engine_version": engine_version,
+        "dir": directory or tempfile.gettempdir(),
+    }

@@ -1,6 +1,7 @@
 """Option values shared by the ``unbroken bench`` commands: argparse value
-types (sizes, comma-separated lists, positive and bounded numbers, seconds,
-existing directories, URLs) and byte-size formatting."""
+types (byte sizes, comma-separated lists, positive and bounded numbers,
+seconds, existing directories, server URLs), byte-size formatting, and the
+flags every benchmark has (``--json``, ``--dir``)."""
 from __future__ import annotations
 
 import argparse
@@ -10,18 +11,15 @@ import re
 from typing import Sequence
 from urllib.parse import urlsplit
 
-STREAM_PREFIX = "/v1/stream/"
-
-
 KiB = 1024
 MiB = 1024 * KiB
-
+STREAM_PREFIX = "/v1/stream/"   # where a Durable Streams server keeps its streams
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib)?\s*$", re.IGNORECASE)
-
-
 _UNITS = {None: 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB}
 
+
+# ---- sizes --------------------------------------------------------------------------
 
 def parse_size(text: str) -> int:
     """``"64"`` -> 64, ``"1KiB"``/``"1k"`` -> 1024, ``"64MiB"`` -> 67108864.
@@ -35,18 +33,79 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2) and m.group(2).lower()]
 
 
-def _split(text: str, what: str) -> list[str]:
+def fmt_size(n: int) -> str:
+    """64 -> '64B', 1024 -> '1KiB', 65536 -> '64KiB', 1048576 -> '1MiB', 1000 -> '1000B'."""
+    for unit, name in ((MiB, "MiB"), (KiB, "KiB")):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit}{name}"
+    return f"{n}B"
+
+
+def body_size(text: str) -> int:
+    """An append body size: 16 B .. 1 MiB, K/KiB suffixes allowed."""
+    n = parse_size(text)
+    if not 16 <= n <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"body size {n} out of range 16..{1 << 20}")
+    return n
+
+
+# ---- lists ----------------------------------------------------------------------------
+
+def split_list(text: str, what: str) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]``.
+
+    :param what: the option's name in the error message
+    :raises argparse.ArgumentTypeError: empty, or an empty item
+    """
     items = [t.strip() for t in text.split(",")]
     if not text.strip() or any(not t for t in items):
         raise argparse.ArgumentTypeError(f"{what}: expected a comma-separated list, got {text!r}")
     return items
 
 
-def _unique(values):
+def unique(values) -> tuple:
+    """``values`` without repeats, in the order of first appearance."""
     return tuple(dict.fromkeys(values))
 
 
+def choices(text: str, what: str, allowed: Sequence[str],
+            listed: str | None = None) -> tuple[str, ...]:
+    """A comma-separated list of names from ``allowed`` (any case), in the
+    order given, repeats dropped.
+
+    :param what: what one name is, for "unknown {what} ..."
+    :param listed: the list's name in the error for a malformed list
+        (default: ``what``)
+    """
+    out = []
+    for t in split_list(text, listed or what):
+        if t.lower() not in allowed:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {t!r} (choose from {', '.join(allowed)})")
+        out.append(t.lower())
+    return unique(out)
+
+
+def count(text: str, what: str, top: int) -> int:
+    """A whole number from 1 to ``top``.
+
+    :param what: the option's name in the error message
+    """
+    if not text.strip().isdigit() or not 1 <= int(text) <= top:
+        raise argparse.ArgumentTypeError(
+            f"{what}: {text!r} is not a whole number from 1 to {top}")
+    return int(text)
+
+
+def count_list(text: str, what: str, top: int) -> tuple[int, ...]:
+    """``"1,16,64"`` -> ``(1, 16, 64)``: each a :func:`count` from 1 to ``top``."""
+    return unique(count(t, what, top) for t in split_list(text, what))
+
+
+# ---- numbers ----------------------------------------------------------------------------
+
 def positive_int(text: str) -> int:
+    """A whole number >= 1."""
     try:
         n = int(text)
     except ValueError:
@@ -57,6 +116,7 @@ def positive_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
+    """A finite number > 0."""
     try:
         x = float(text)
     except ValueError:
@@ -66,38 +126,48 @@ def positive_float(text: str) -> float:
     return x
 
 
+def non_negative_seconds(text: str) -> float:
+    """A number of seconds >= 0 (a warm-up may be 0)."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not (x >= 0 and math.isfinite(x)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return x
+
+
+def bounded_int(what: str, low: int, high: int):
+    """An argparse type: a whole number from ``low`` to ``high`` (``_`` and
+    ``,`` between digits allowed).
+
+    :param what: the option's name, without ``--``, in the error message
+    """
+
+    def parse(text: str) -> int:
+        """``text`` as a whole number within the bounds."""
+        t = text.strip().replace("_", "").replace(",", "")
+        if not t.isdigit() or not low <= int(t) <= high:
+            raise argparse.ArgumentTypeError(
+                f"{what}: {text!r} is not a whole number from {low:,} to {high:,}")
+        return int(t)
+
+    parse.__doc__ = f"The value of --{what}: a whole number from {low:,} to {high:,}."
+    return parse
+
+
+def or_default(value, default):
+    """``value``, or ``default`` when the option was not given (None)."""
+    return default if value is None else value
+
+
+# ---- places -------------------------------------------------------------------------------
+
 def existing_dir(text: str) -> str:
+    """A path to a directory that exists."""
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not an existing directory")
     return text
-
-
-def fmt_size(n: int) -> str:
-    """64 -> '64B', 1024 -> '1KiB', 65536 -> '64KiB', 1048576 -> '1MiB', 1000 -> '1000B'."""
-    for unit, name in ((MiB, "MiB"), (KiB, "KiB")):
-        if n >= unit and n % unit == 0:
-            return f"{n // unit}{name}"
-    return f"{n}B"
-
-
-def _choices(text: str, what: str, allowed: Sequence[str]) -> tuple[str, ...]:
-    out = []
-    for t in _split(text, what):
-        if t.lower() not in allowed:
-            raise argparse.ArgumentTypeError(
-                f"unknown {what} {t!r} (choose from {', '.join(allowed)})")
-        out.append(t.lower())
-    return _unique(out)
-
-
-def _count_list(text: str, what: str, top: int) -> tuple[int, ...]:
-    out = []
-    for t in _split(text, what):
-        if not t.isdigit() or not 1 <= int(t) <= top:
-            raise argparse.ArgumentTypeError(
-                f"{what}: {t!r} is not a whole number from 1 to {top}")
-        out.append(int(t))
-    return _unique(out)
 
 
 def base_url(text: str) -> str:
@@ -124,12 +194,16 @@ def split_url(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 80
 
 
-def non_negative_seconds(text: str) -> float:
-    """A number of seconds >= 0 (a warm-up may be 0)."""
-    try:
-        x = float(text)
-    except ValueError:
-        x = math.nan
-    if not (x >= 0 and math.isfinite(x)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
-    return x
+# ---- the flags every benchmark has ----------------------------------------------------------
+
+def add_output_flags(parser: argparse.ArgumentParser, dir_help: str,
+                     tables: str = "the table") -> None:
+    """Add ``--json`` (dest ``as_json``) and ``--dir`` (dest ``dir``).
+
+    :param dir_help: what ``--dir`` is for, with its default
+    :param tables: what ``--json`` replaces in the help
+    """
+    parser.add_argument("--json", action="store_true", dest="as_json",
+                        help=f"print machine-readable JSON instead of {tables}")
+    parser.add_argument("--dir", type=existing_dir, default=None, metavar="PATH",
+                        help=dir_help)

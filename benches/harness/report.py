@@ -1,11 +1,14 @@
-"""Output shared by the benchmarks: progress lines, formatted figures, and
-JSON without NaN or infinity."""
+"""Output shared by the benchmarks: progress lines, formatted figures,
+aligned tables, the targets and warnings sections, and JSON without NaN or
+infinity."""
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Collection, Sequence
 
 from .results import Run
 from .stats import Latency
@@ -19,12 +22,15 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
 
     def say(self, text: str) -> None:
+        """Write ``text`` as one line, after the seconds since the start."""
         stream = self.stream or sys.stderr
         stream.write(f"[{time.monotonic() - self.started:6.1f}s] {text}\n")
         stream.flush()
 
 
-def _fmt_value(metric: str, v: float | None) -> str:
+def fmt_value(metric: str, v: float | None) -> str:
+    """A figure: appends/s without decimals, MB/s with one, anything else
+    (milliseconds) with two; ``"-"`` when unknown or not finite."""
     if v is None or not math.isfinite(v):
         return "-"
     if metric == "appends/s":
@@ -34,7 +40,9 @@ def _fmt_value(metric: str, v: float | None) -> str:
     return f"{v:,.2f}"
 
 
-def _fmt_run(metric: str, run: Run) -> str:
+def fmt_run(metric: str, run: Run) -> str:
+    """One round of an HTTP workload for the progress lines: its figure in
+    ``metric``, CPU shares, errors and missing deliveries."""
     if metric == "appends/s":
         text = f"{run.ops_per_s:,.0f} appends/s"
     elif metric == "MB/s":
@@ -63,16 +71,62 @@ def _fmt_run(metric: str, run: Run) -> str:
     return text
 
 
-def _load(values) -> str:
+def fmt_load(values) -> str:
+    """A load average ``[1, 5, 15 min]`` as ``"0.50/0.40/0.30"``; ``"?"`` when unknown."""
     return "/".join(f"{x:.2f}" for x in values) if values else "?"
 
 
-def _finite(x):
+def finite(x):
     """``x`` with every infinite or NaN float replaced by None (JSON has neither)."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: finite(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
+        return [finite(v) for v in x]
     return x
+
+
+def json_text(doc) -> str:
+    """``doc`` as indented JSON, every infinite or NaN float as null."""
+    return json.dumps(finite(doc), indent=2, allow_nan=False)
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]],
+                 right: Collection[int] | None = None) -> str:
+    """An aligned table with a rule under the header.
+
+    :param right: the columns aligned right (default: all but the first)
+    """
+    body = [list(header), *rows]
+    widths = [max(len(str(r[i])) for r in body) for i in range(len(header))]
+    if right is None:
+        right = range(1, len(header))
+
+    def line(cells) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(body[0]), rule] + [line(r) for r in body[1:]])
+
+
+def render_targets(targets: Sequence, value_text: Callable[[object], str]) -> str:
+    """The targets section: a line per target with its status, its label and
+    ``value_text(target)``, and its note.
+
+    :param targets: objects with ``status``, ``label`` and ``note``
+    """
+    if not targets:
+        return "targets: none for these workloads"
+    width = max(len(t.label) for t in targets)
+    lines = ["targets (reporting only: the exit status is 0 either way)"]
+    for t in targets:
+        line = f"  {t.status:<4}  {t.label.ljust(width)}  {value_text(t)}"
+        lines.append(line + (f"  [{t.note}]" if t.note else ""))
+    return "\n".join(lines)
+
+
+def render_warnings(warnings: Sequence[str]) -> list[str]:
+    """The warnings section as a list of one part (none without warnings)."""
+    return ["warnings\n" + "\n".join(f"  {w}" for w in warnings)] if warnings else []

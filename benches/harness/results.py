@@ -34,13 +34,16 @@ class Run:
 
     @property
     def ops_per_s(self) -> float:
+        """``ops`` per second (infinite for a zero-length round)."""
         return self.ops / self.seconds if self.seconds > 0 else math.inf
 
     @property
     def mb_per_s(self) -> float:
+        """Payload MB (10^6 bytes) per second."""
         return self.nbytes / self.seconds / 1e6 if self.seconds > 0 else math.inf
 
     def to_json(self) -> dict:
+        """The round as JSON, its latency summarised."""
         lat = Latency.of_ns(self.latencies_ns, self.missing)
         return {"seconds": self.seconds, "ops": self.ops, "bytes": self.nbytes,
                 "ops_per_s": self.ops_per_s, "mb_per_s": self.mb_per_s,

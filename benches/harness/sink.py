@@ -124,7 +124,8 @@ async def _sink_main(port: int) -> None:
         await stop.wait()
 
 
-def _sink_cli(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
+    """``python -m unbroken_benches.harness.sink sink PORT``: serve until SIGTERM or SIGINT."""
     if len(argv) != 2 or argv[0] != "sink" or not argv[1].isdigit():
         print("usage: python -m unbroken_benches.harness.sink sink PORT", file=sys.stderr)
         return 2
@@ -136,4 +137,4 @@ def _sink_cli(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_sink_cli(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

@@ -11,6 +11,7 @@ class SSEParser:
         self._buf = bytearray()
 
     def feed(self, data) -> list[tuple[bytes, bytes]]:
+        """Consume ``data``; return the events it completed, in order."""
         self._buf += data
         buf = self._buf
         if b"\r" in buf:

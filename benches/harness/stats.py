@@ -80,20 +80,24 @@ class Latency:
                    frozenset(bounds), p90=values["p90"])
 
     def get(self, stat: str) -> float:
+        """The value of ``stat``: "p50", "p90", "p99" or "max"."""
         return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "max": self.max}[stat]
 
     def to_json(self) -> dict:
+        """The summary as JSON."""
         return {"count": self.count, "missing": self.missing, "p50_ms": self.p50,
                 "p90_ms": self.p90, "p99_ms": self.p99, "max_ms": self.max,
                 "lower_bounds": sorted(self.lower_bounds)}
 
 
-def _median_or_none(values) -> float | None:
+def median_or_none(values) -> float | None:
+    """The median of the values that are not None; None when there are none."""
     xs = [v for v in values if v is not None]
     return statistics.median(xs) if xs else None
 
 
-def safe_ratio(a: float | None, b: float | None) -> float | None:
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b``; None when either is unknown or not finite, or ``b`` is 0."""
     if a is None or b is None or not b or not math.isfinite(b) or not math.isfinite(a):
         return None
     return a / b

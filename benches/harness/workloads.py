@@ -44,6 +44,7 @@ def message_stamps(data: bytes) -> list[tuple[int, int]]:
 
 
 def stream_name(kind: str) -> str:
+    """A new, unique stream path for a ``kind`` workload."""
     return f"{STREAM_PREFIX}bench-{kind}-{uuid.uuid4().hex[:12]}"
 
 
@@ -185,6 +186,7 @@ class SseReader(_LiveReader):
         self.parser = SSEParser()
 
     def on_body(self, piece) -> None:
+        """Parse a piece of the SSE body; record each measured message's latency."""
         now = self.conn.received_ns - _T0
         for kind, data in self.parser.feed(piece):
             if kind == b"data":
@@ -270,6 +272,7 @@ class SseWriter:
         return len(pending)
 
     def close(self) -> None:
+        """Cancel the POSTs in flight and close the connections."""
         for t in self.tasks:
             t.cancel()
         for c in self.conns:
@@ -290,6 +293,7 @@ class LongPollReader(_LiveReader):
         self.cursor: str | None = None
 
     def target(self) -> str:
+        """The next GET's target: a catch-up read first, then long-polls."""
         t = f"{self.path}?offset={quote(self.offset, safe='-_')}"
         if self.ready.done():
             t += "&live=long-poll"
