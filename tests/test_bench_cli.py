@@ -4,6 +4,8 @@ real tiny runs through the ``unbroken`` command."""
 import argparse
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -302,3 +304,31 @@ def test_tiny_text_run(tmp_path, capsys):
     assert "\nworkload  params" in out
     assert "targets (reporting only" in out
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- the bench sub-commands are loaded only when chosen ------------------------------------
+
+def test_serve_does_not_import_the_benchmarks():
+    code = """
+import sys
+from unbroken_server import cli
+try:
+    cli.build_parser().parse_args(["serve", "--help"])
+except SystemExit:
+    pass
+cli.build_parser().parse_args(["serve", "--port", "0"])
+loaded = sorted(m for m in sys.modules if m.startswith("unbroken_benches"))
+assert not loaded, loaded
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_bench_help_is_the_benchmark_s_full_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "http", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: unbroken bench http")
+    assert "How figures are taken" in out and "--compare-reference" in out
