@@ -115,26 +115,24 @@ def positive_int(text: str) -> int:
     return n
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
+def _number(text: str, least: float, strict: bool, what: str) -> float:
     try:
         x = float(text)
     except ValueError:
         x = math.nan
-    if not (x > 0 and math.isfinite(x)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    if not ((x > least if strict else x >= least) and math.isfinite(x)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     return x
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    return _number(text, 0, True, "a positive number")
 
 
 def non_negative_seconds(text: str) -> float:
     """A number of seconds >= 0 (a warm-up may be 0)."""
-    try:
-        x = float(text)
-    except ValueError:
-        x = math.nan
-    if not (x >= 0 and math.isfinite(x)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
-    return x
+    return _number(text, 0, False, "a number of seconds >= 0")
 
 
 def bounded_int(what: str, low: int, high: int):
