@@ -59,11 +59,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
-import platform
-import re
 import shutil
 import statistics
 import sys
@@ -75,11 +72,17 @@ from typing import Callable, ContextManager, Iterator, Sequence
 import anyio
 
 from unbroken_engine import Durability, LogConfig, SegmentedLog
-from unbroken_engine import __version__ as engine_version
 from unbroken_engine import _native
 
-KiB = 1024
-MiB = 1024 * KiB
+from .harness.machine import engine_info, platform_info
+from .harness.options import (KiB, MiB, add_output_flags, choices, count_list, fmt_size,
+                              or_default, parse_size, positive_float, positive_int, split_list,
+                              unique)
+from .harness.report import json_text, render_targets as render_target_lines
+from .harness.report import render_table as render_columns
+from .harness.stats import ratio
+from .harness.workloads import json_body
+
 READ_CHUNK = 1 * MiB            # max_bytes of one catch-up read; memcpy piece size
 READ_RECORD = 1 * KiB           # record size of the catch-up log
 RECOVERY_RECORD = 100           # record size of the recovery segment
@@ -115,76 +118,38 @@ QUICK = Profile(repeats=3, duration=0.1, records=200_000, round_mib=64,
 
 # ---- parsing options (pure) ----------------------------------------------------
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib)?\s*$", re.IGNORECASE)
-_UNITS = {None: 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB}
-
-
-def parse_size(text: str) -> int:
-    """``"64"`` -> 64, ``"1KiB"``/``"1k"`` -> 1024, ``"64MiB"`` -> 67108864.
-
-    :raises argparse.ArgumentTypeError: not a size
-    """
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(
-            f"{text.strip()!r} is not a size (bytes, optionally with a K/KiB or M/MiB suffix)")
-    return int(m.group(1)) * _UNITS[m.group(2) and m.group(2).lower()]
-
-
-def _split(text: str, what: str) -> list[str]:
-    items = [t.strip() for t in text.split(",")]
-    if not text.strip() or any(not t for t in items):
-        raise argparse.ArgumentTypeError(f"{what}: expected a comma-separated list, got {text!r}")
-    return items
-
-
-def _unique(values):
-    return tuple(dict.fromkeys(values))
-
 
 def size_list(text: str) -> tuple[int, ...]:
     """``"64,1KiB,65536"`` -> ``(64, 1024, 65536)``; each 1 B .. MAX_PAYLOAD."""
-    sizes = [parse_size(t) for t in _split(text, "sizes")]
+    sizes = [parse_size(t) for t in split_list(text, "sizes")]
     for s in sizes:
         if not 1 <= s <= _native.MAX_PAYLOAD:
             raise argparse.ArgumentTypeError(
                 f"record size {s} out of range 1..{_native.MAX_PAYLOAD}")
-    return _unique(sizes)
+    return unique(sizes)
 
 
 def durability_list(text: str) -> tuple[Durability, ...]:
     """``"never,always"`` -> ``(Durability.NEVER, Durability.ALWAYS)``."""
     out = []
-    for t in _split(text, "durability"):
+    for t in split_list(text, "durability"):
         try:
             out.append(Durability(t.lower()))
         except ValueError:
             names = ", ".join(d.value for d in Durability)
             raise argparse.ArgumentTypeError(
                 f"unknown durability {t!r} (choose from {names})") from None
-    return _unique(out)
+    return unique(out)
 
 
 def workload_list(text: str) -> tuple[str, ...]:
     """``"read,recover"`` -> ``("read", "recover")``; names from WORKLOADS."""
-    out = []
-    for t in _split(text, "only"):
-        if t.lower() not in WORKLOADS:
-            raise argparse.ArgumentTypeError(
-                f"unknown workload {t!r} (choose from {', '.join(WORKLOADS)})")
-        out.append(t.lower())
-    return _unique(out)
+    return choices(text, "workload", WORKLOADS, listed="only")
 
 
 def writers_list(text: str) -> tuple[int, ...]:
     """``"1,16,64"`` -> ``(1, 16, 64)``; each 1 .. MAX_WRITERS."""
-    out = []
-    for t in _split(text, "writers"):
-        if not t.isdigit() or not 1 <= int(t) <= MAX_WRITERS:
-            raise argparse.ArgumentTypeError(
-                f"writers: {t!r} is not a whole number from 1 to {MAX_WRITERS}")
-        out.append(int(t))
-    return _unique(out)
+    return count_list(text, "writers", MAX_WRITERS)
 
 
 def segment_size(text: str) -> int:
@@ -193,32 +158,6 @@ def segment_size(text: str) -> int:
     if not 4 * KiB <= n <= 0xFFFF0000:
         raise argparse.ArgumentTypeError(f"segment size {n} out of range 4KiB..0xFFFF0000")
     return n
-
-
-def positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return n
-
-
-def positive_float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        x = math.nan
-    if not (x > 0 and math.isfinite(x)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return x
-
-
-def existing_dir(text: str) -> str:
-    if not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an existing directory")
-    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -256,10 +195,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--only", type=workload_list, default=WORKLOADS, metavar="LIST",
         help="run only these workloads: ceiling,append,read,recover (default: all; "
              "targets whose figures are missing say n/a)")
-    add("--json", action="store_true", dest="as_json",
-        help="print machine-readable JSON instead of the table")
-    add("--dir", type=existing_dir, default=None, metavar="PATH",
-        help="where to create the scratch directories (default: the system temp dir)")
+    add_output_flags(parser, "where to create the scratch directories (default: the system "
+                             "temp dir)")
     from . import plot
     plot.add_argument(parser)
 
@@ -287,10 +224,7 @@ class Settings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Settings":
         profile = QUICK if args.quick else FULL
-
-        def pick(value, default):
-            return default if value is None else value
-
+        pick = or_default
         seg = args.segment_size
         return cls(
             sizes=tuple(args.sizes), durabilities=tuple(args.durability),
@@ -381,13 +315,6 @@ class Result:
 
 def _rate(amount: float, seconds: float) -> float:
     return amount / seconds if seconds > 0 else math.inf
-
-
-def ratio(value: float, ceiling: float) -> float | None:
-    """``value / ceiling``, or None when the ceiling is zero or unknown."""
-    if not ceiling or not math.isfinite(ceiling):
-        return None
-    return value / ceiling
 
 
 def find(results: Sequence[Result], workload: str, **params) -> Result | None:
@@ -627,11 +554,6 @@ def fresh_logs(workdir: str, config: LogConfig,
     yield one_round
 
 
-def json_payload(size: int) -> bytes:
-    """A JSON object of exactly ``size`` bytes (at least 10)."""
-    return b'{"pad":"' + b"x" * (size - 10) + b'"}'
-
-
 def fill(log: SegmentedLog, payload: bytes, count: int, chunk: int = 8192) -> None:
     """Append ``count`` copies of ``payload`` in batches (setup, untimed)."""
     while count > 0:
@@ -646,7 +568,7 @@ def read_log(workdir: str, settings: Settings, json_mode: bool) -> Iterator[Roun
     config = LogConfig(segment_size=settings.segment_size, durability=Durability.NEVER)
     path = os.path.join(workdir, "log")
     with SegmentedLog.open(path, config) as log:
-        fill(log, json_payload(READ_RECORD), settings.read_mib * MiB // READ_RECORD)
+        fill(log, json_body(READ_RECORD), settings.read_mib * MiB // READ_RECORD)
     log = SegmentedLog.open(path, config)
     try:
         yield lambda passes: catch_up_read(log, json_mode, passes)
@@ -693,14 +615,6 @@ class Job:
     setup: Callable[[str], ContextManager[Round]]
     cap: int
     start: int
-
-
-def fmt_size(n: int) -> str:
-    """64 -> '64B', 1024 -> '1KiB', 65536 -> '64KiB', 1048576 -> '1MiB', 1000 -> '1000B'."""
-    for unit, name in ((MiB, "MiB"), (KiB, "KiB")):
-        if n >= unit and n % unit == 0:
-            return f"{n // unit}{name}"
-    return f"{n}B"
 
 
 def _append_job(settings: Settings, size: int, durability: Durability, mode: str,
@@ -859,15 +773,8 @@ def run_all(jobs: Sequence[Job], settings: Settings, root: str,
 # ---- output -------------------------------------------------------------------------
 
 def machine_info(directory: str | None = None) -> dict:
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "crc32c_hardware": _native.crc32c_hw_active(),
-        "engine_version": engine_version,
-        "dir": directory or tempfile.gettempdir(),
-    }
+    """The machine and the engine build the figures were taken on."""
+    return {**platform_info(), **engine_info(directory)}
 
 
 def _num(x: float | None, digits: int = 1) -> str:
@@ -891,16 +798,7 @@ _RIGHT = {2, 3, 4, 5, 7}
 
 def render_table(results: Sequence[Result]) -> str:
     """Aligned columns; text left-aligned, numbers right-aligned."""
-    rows = [TABLE_HEADER] + table_rows(results)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
-
-    def line(row):
-        cells = [c.rjust(w) if i in _RIGHT else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(row, widths))]
-        return "  ".join(cells).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(rows[0]), rule] + [line(r) for r in rows[1:]])
+    return render_columns(TABLE_HEADER, table_rows(results), _RIGHT)
 
 
 def _target_value(t: Target) -> str:
@@ -915,12 +813,8 @@ def _target_value(t: Target) -> str:
 
 
 def render_targets(targets: Sequence[Target]) -> str:
-    width = max(len(t.label) for t in targets)
-    lines = ["targets (reporting only: the exit status is 0 either way)"]
-    for t in targets:
-        line = f"  {t.status:<4}  {t.label.ljust(width)}  {_target_value(t)}"
-        lines.append(line + (f"  [{t.note}]" if t.note else ""))
-    return "\n".join(lines)
+    """The targets section."""
+    return render_target_lines(targets, _target_value)
 
 
 def render_text(results: Sequence[Result], targets: Sequence[Target], settings: Settings,
@@ -943,18 +837,7 @@ def render_json(results: Sequence[Result], targets: Sequence[Target], settings: 
         "results": [r.to_json() for r in results],
         "targets": [t.to_json() for t in targets],
     }
-    return json.dumps(_finite(doc), indent=2, allow_nan=False)
-
-
-def _finite(x):
-    """``x`` with every infinite or NaN float replaced by None (JSON has neither)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
+    return json_text(doc)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -80,31 +80,32 @@ Examples
 from __future__ import annotations
 
 import argparse
-import array
 import asyncio
 import dataclasses
-import json
-import math
 import os
-import platform
-import queue
-import re
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
-from urllib.parse import quote, urlsplit
+from dataclasses import dataclass
+from typing import Sequence
+from urllib.parse import quote
 
-from .engine import (KiB, MiB, _finite, _split, _unique, existing_dir, fmt_size,
-                     parse_size, positive_float, positive_int)
-
+from .harness.client import HttpConnection, open_connections, request_bytes
+from .harness.machine import fsync_probe, load_average, platform_info
+from .harness.options import (KiB, MiB, STREAM_PREFIX, add_output_flags, base_url, choices,
+                              count_list, fmt_size, non_negative_seconds, or_default, parse_size,
+                              positive_float, positive_int, split_list, unique)
+from .harness.process import (DEFAULT_REFERENCE_MODULE, REFERENCE_ENV, UNBROKEN_READY, CpuMeter,
+                              Server, serve_command, start_process, start_reference, start_sink)
+from .harness.report import (Progress, fmt_load, fmt_run, fmt_value, json_text,
+                             render_table as render_columns, render_targets as render_target_lines,
+                             render_warnings)
+from .harness.results import Run
+from .harness.stats import Latency, median_or_none, ratio
+from .harness.workloads import (SSE_DRAIN, LongPollReader, SseReader, closed_loop_appends,
+                                create_stream, json_body, sse_run, stream_name)
 # ---- constants ---------------------------------------------------------------------
 
 WORKLOADS = ("append", "read", "sse", "longpoll")
@@ -121,20 +122,9 @@ READ_JSON_MESSAGE = 1 * KiB     # one JSON object of the read stream
 READ_JSON_POST = 256 * KiB      # JSON objects per fill POST: as many as fit here
 FILL_CONNECTIONS = 4            # concurrent POSTs while filling a read stream
 MAX_READ_PASSES = 100           # whole-stream reads in one read round
-SSE_WARMUP_MESSAGES = 3         # untimed messages before the measured ones
-SSE_DRAIN = 5.0                 # seconds to wait for deliveries after the last POST
-SSE_WRITER_CONNECTIONS = 32     # the open-loop SSE writer's connection pool
-SSE_READY_TIMEOUT = 60.0        # seconds for every reader to connect and subscribe
-CONNECT_PARALLEL = 50           # connections opened at once
 GENERATOR_SHARE = 0.8           # flag a figure at >= 80% of the generator's ceiling
 DISK_SWING = 5.0                # warn when the fsync probes differ by this factor
 STATISTIC = "median"
-STREAM_PREFIX = "/v1/stream/"
-# where `npm install @durable-streams/server@0.3.7` puts it, run in the current directory
-DEFAULT_REFERENCE_MODULE = os.path.join("node_modules", "@durable-streams", "server")
-REFERENCE_ENV = "UNBROKEN_BENCH_REFERENCE"
-LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_server.mjs")
-_T0 = time.perf_counter_ns()    # SSE timestamps are relative to this (small numbers)
 
 
 @dataclass(frozen=True)
@@ -160,97 +150,39 @@ DEFAULT_SSE_RATE = 2.0
 # ---- parsing options (pure) ------------------------------------------------------------
 
 
-
-
-
-def _choices(text: str, what: str, allowed: Sequence[str]) -> tuple[str, ...]:
-    out = []
-    for t in _split(text, what):
-        if t.lower() not in allowed:
-            raise argparse.ArgumentTypeError(
-                f"unknown {what} {t!r} (choose from {', '.join(allowed)})")
-        out.append(t.lower())
-    return _unique(out)
-
-
 def workload_list(text: str) -> tuple[str, ...]:
     """``"append,sse"`` -> ``("append", "sse")``; names from WORKLOADS."""
-    return _choices(text, "workload", WORKLOADS)
+    return choices(text, "workload", WORKLOADS)
 
 
 def type_list(text: str) -> tuple[str, ...]:
     """``"octet,json"``; names from TYPES."""
-    return _choices(text, "type", TYPES)
+    return choices(text, "type", TYPES)
 
 
 def layout_list(text: str) -> tuple[str, ...]:
     """``"shared,own"``; names from LAYOUTS."""
-    return _choices(text, "layout", LAYOUTS)
-
-
-def _count_list(text: str, what: str, top: int) -> tuple[int, ...]:
-    out = []
-    for t in _split(text, what):
-        if not t.isdigit() or not 1 <= int(t) <= top:
-            raise argparse.ArgumentTypeError(
-                f"{what}: {t!r} is not a whole number from 1 to {top}")
-        out.append(int(t))
-    return _unique(out)
+    return choices(text, "layout", LAYOUTS)
 
 
 def connections_list(text: str) -> tuple[int, ...]:
     """``"1,16,64"`` -> ``(1, 16, 64)``; each 1 .. MAX_CONNECTIONS."""
-    return _count_list(text, "connections", MAX_CONNECTIONS)
+    return count_list(text, "connections", MAX_CONNECTIONS)
 
 
 def readers_list(text: str) -> tuple[int, ...]:
     """``"100,1000"`` -> ``(100, 1000)``; each 1 .. MAX_READERS."""
-    return _count_list(text, "readers", MAX_READERS)
+    return count_list(text, "readers", MAX_READERS)
 
 
 def body_size_list(text: str) -> tuple[int, ...]:
     """``"100,1KiB"`` -> ``(100, 1024)``; each 16 B .. 16 MiB (a JSON body of
     that exact size needs at least 16 bytes)."""
-    sizes = [parse_size(t) for t in _split(text, "sizes")]
+    sizes = [parse_size(t) for t in split_list(text, "sizes")]
     for s in sizes:
         if not 16 <= s <= 16 * MiB:
             raise argparse.ArgumentTypeError(f"body size {s} out of range 16..{16 * MiB}")
-    return _unique(sizes)
-
-
-def base_url(text: str) -> str:
-    """``"http://h:1/"`` or ``"http://h:1/v1/stream/"`` -> ``"http://h:1"``."""
-    parts = urlsplit(text.strip())
-    if parts.scheme != "http" or not parts.hostname:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// URL (https is not supported)")
-    try:
-        port = parts.port or 80
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} has a bad port") from None
-    path = parts.path.rstrip("/")
-    if path not in ("", STREAM_PREFIX.rstrip("/")):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give the server's root (http://HOST:PORT), not a path")
-    host = parts.hostname
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}"
-
-
-def split_url(url: str) -> tuple[str, int]:
-    """``"http://h:1"`` -> ``("h", 1)``."""
-    parts = urlsplit(url)
-    return parts.hostname, parts.port or 80
-
-
-def non_negative_seconds(text: str) -> float:
-    """A number of seconds >= 0 (a warm-up may be 0)."""
-    try:
-        x = float(text)
-    except ValueError:
-        x = math.nan
-    if not (x >= 0 and math.isfinite(x)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
-    return x
+    return unique(sizes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -307,10 +239,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="messages per second of the SSE writer (default: %(default)g)")
     add("--no-ceiling", dest="ceiling", action="store_false",
         help="skip measuring the load generator's ceiling")
-    add("--json", action="store_true", dest="as_json",
-        help="print machine-readable JSON instead of the table")
-    add("--dir", type=existing_dir, default=None, metavar="PATH",
-        help="where to create the servers' data directories (default: the system temp dir)")
+    add_output_flags(parser, "where to create the servers' data directories (default: the "
+                             "system temp dir)")
     from . import plot
     plot.add_argument(parser)
 
@@ -345,9 +275,7 @@ class Settings:
     def from_args(cls, args: argparse.Namespace) -> "Settings":
         profile = QUICK if args.quick else FULL
 
-        def pick(value, default):
-            return default if value is None else value
-
+        pick = or_default
         return cls(
             url=args.url, compare=args.compare, compare_reference=args.compare_reference,
             reference_module=args.reference_module, node=args.node, only=tuple(args.only),
@@ -372,127 +300,8 @@ class Settings:
 
 # ---- latency maths (pure) ----------------------------------------------------------------
 
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of ascending ``sorted_values``: the smallest value
-    with at least ``p`` % of the values at or below it. ``p`` = 100 is the max,
-    0 the min. No interpolation, so every answer is an observed value.
-
-    :raises ValueError: no values, or ``p`` outside 0..100
-    """
-    n = len(sorted_values)
-    if n == 0:
-        raise ValueError("percentile of no values")
-    if not 0 <= p <= 100:
-        raise ValueError(f"percentile {p} outside 0..100")
-    rank = math.ceil(p / 100 * n)
-    return sorted_values[max(rank, 1) - 1]
-
-
-def percentile_with_missing(sorted_values: Sequence[float], missing: int,
-                            p: float) -> tuple[float, bool]:
-    """:func:`percentile` of ``sorted_values`` plus ``missing`` samples that never
-    arrived (counted as later than all of them). ``(value, lower_bound)``: when
-    the rank falls among the missing ones the answer is only known to exceed
-    the largest observed value, which is returned with ``lower_bound`` True.
-
-    :raises ValueError: no observed values, or ``p`` outside 0..100
-    """
-    n = len(sorted_values)
-    if n == 0:
-        raise ValueError("percentile of no values")
-    if not 0 <= p <= 100:
-        raise ValueError(f"percentile {p} outside 0..100")
-    rank = max(math.ceil(p / 100 * (n + missing)), 1)
-    if rank > n:
-        return sorted_values[-1], True
-    return sorted_values[rank - 1], False
-
-
-STATS = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "max": 100.0}
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Summary of latency samples, in milliseconds.
-
-    :ivar missing: samples that never arrived; they count as slower than every
-        observed one, so a percentile that falls among them is a lower bound
-        (named in ``lower_bounds``)
-    """
-
-    count: int
-    p50: float
-    p99: float
-    max: float
-    missing: int = 0
-    lower_bounds: frozenset = frozenset()
-    p90: float = math.nan
-
-    @classmethod
-    def of_ns(cls, samples_ns: Sequence[int], missing: int = 0) -> "Latency | None":
-        """From samples in nanoseconds (any order); None when there are none."""
-        if not len(samples_ns):
-            return None
-        xs = sorted(samples_ns)
-        values, bounds = {}, set()
-        for stat, p in STATS.items():
-            v, bound = percentile_with_missing(xs, missing, p)
-            values[stat] = v / 1e6
-            if bound:
-                bounds.add(stat)
-        return cls(len(xs), values["p50"], values["p99"], values["max"], missing,
-                   frozenset(bounds), p90=values["p90"])
-
-    def get(self, stat: str) -> float:
-        return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "max": self.max}[stat]
-
-    def to_json(self) -> dict:
-        return {"count": self.count, "missing": self.missing, "p50_ms": self.p50,
-                "p90_ms": self.p90, "p99_ms": self.p99, "max_ms": self.max,
-                "lower_bounds": sorted(self.lower_bounds)}
-
 
 # ---- results (pure) ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Run:
-    """One round of one workload against one server.
-
-    :ivar ops: appends acknowledged, GETs of a read pass, or SSE deliveries
-    :ivar nbytes: payload bytes (appended or read)
-    :ivar latencies_ns: per-append round trips, or per-delivery SSE latencies
-    :ivar missing: SSE deliveries that never arrived
-    :ivar server_cpu: the server process's CPU time over ``seconds`` (1.0 = one
-        core busy), None when it is not our child process
-    :ivar client_cpu: the load generator's, likewise
-    """
-
-    seconds: float
-    ops: int
-    nbytes: int
-    errors: int = 0
-    latencies_ns: Sequence[int] = ()
-    missing: int = 0
-    server_cpu: float | None = None
-    client_cpu: float | None = None
-    note: str = ""
-
-    @property
-    def ops_per_s(self) -> float:
-        return self.ops / self.seconds if self.seconds > 0 else math.inf
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.nbytes / self.seconds / 1e6 if self.seconds > 0 else math.inf
-
-    def to_json(self) -> dict:
-        lat = Latency.of_ns(self.latencies_ns, self.missing)
-        return {"seconds": self.seconds, "ops": self.ops, "bytes": self.nbytes,
-                "ops_per_s": self.ops_per_s, "mb_per_s": self.mb_per_s,
-                "errors": self.errors, "missing": self.missing,
-                "latency": lat.to_json() if lat else None,
-                "server_cpu": self.server_cpu, "client_cpu": self.client_cpu,
-                "note": self.note}
 
 
 METRICS = {
@@ -569,7 +378,7 @@ class Result:
         None when both are only lower bounds."""
         if self.lower_bound("unbroken") and self.lower_bound("reference"):
             return None
-        return safe_ratio(self.value("unbroken"), self.value("reference"))
+        return ratio(self.value("unbroken"), self.value("reference"))
 
     @property
     def ratio_bound(self) -> str:
@@ -582,7 +391,7 @@ class Result:
     def generator_share(self, side: str) -> float | None:
         """How close ``side``'s figure is to the generator's ceiling (1.0 = at it)."""
         v, c = self.value(side), self.ceiling_value
-        return safe_ratio(v, c) if self.higher_is_better else safe_ratio(c, v)
+        return ratio(v, c) if self.higher_is_better else ratio(c, v)
 
     def generator_bound(self, side: str) -> bool:
         share = self.generator_share(side)
@@ -597,8 +406,8 @@ class Result:
                 "rounds": [r.to_json() for r in runs],
                 "errors": sum(r.errors for r in runs), "missing": sum(r.missing for r in runs),
                 "latency": lat.to_json() if lat else None,
-                "server_cpu": _median_or_none(r.server_cpu for r in runs),
-                "client_cpu": _median_or_none(r.client_cpu for r in runs),
+                "server_cpu": median_or_none(r.server_cpu for r in runs),
+                "client_cpu": median_or_none(r.client_cpu for r in runs),
                 "generator_share": self.generator_share(side),
                 "generator_bound": self.generator_bound(side),
             }
@@ -609,17 +418,6 @@ class Result:
                 "ratio": self.ratio, "ratio_bound": self.ratio_bound,
                 "fsync_ms": list(self.fsync_ms), "ceiling": self.ceiling_value,
                 "ceiling_rounds": [r.to_json() for r in self.ceiling]}
-
-
-def _median_or_none(values) -> float | None:
-    xs = [v for v in values if v is not None]
-    return statistics.median(xs) if xs else None
-
-
-def safe_ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or not b or not math.isfinite(b) or not math.isfinite(a):
-        return None
-    return a / b
 
 
 def find(results: Sequence[Result], workload: str, metric: str | None = None,
@@ -705,591 +503,21 @@ def evaluate_targets(results: Sequence[Result], settings: Settings) -> list[Targ
     return targets
 
 
-# ---- the HTTP/1.1 client (parsing is pure) --------------------------------------------------
-
-class ProtocolError(Exception):
-    """The server's bytes are not HTTP/1.1 as this client understands it."""
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict   # lower-cased name -> value (repeated headers joined by ", ")
-    body: bytes = b""
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
-
-
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE = range(7)
-MAX_HEAD = 256 * KiB
-
-
-def parse_head(head: bytes) -> Response:
-    """``HTTP/1.1 204 No Content\\r\\nA: b...`` (without the blank line) -> Response."""
-    lines = head.split(b"\r\n")
-    status_line = lines[0].split(b" ", 2)
-    if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1."):
-        raise ProtocolError(f"bad status line {lines[0][:80]!r}")
-    try:
-        status = int(status_line[1])
-    except ValueError:
-        raise ProtocolError(f"bad status line {lines[0][:80]!r}") from None
-    headers: dict = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep:
-            raise ProtocolError(f"bad header line {line[:80]!r}")
-        key = name.strip().lower().decode("latin-1")
-        val = value.strip().decode("latin-1")
-        headers[key] = f"{headers[key]}, {val}" if key in headers else val
-    return Response(status, headers)
-
-
-class ResponseParser:
-    """Incremental parser of HTTP/1.1 responses (Content-Length, chunked, or
-    delimited by the connection's end).
-
-    Set ``expect_body`` (False after a HEAD) and ``on_body`` before each
-    request: with ``on_body`` the body is handed over piece by piece (as
-    memoryviews or bytearrays, valid only during the call) and
-    ``Response.body`` stays empty; without, the body is collected.
-    """
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._state = _HEAD
-        self._remaining = 0
-        self._resp: Response | None = None
-        self._parts: list = []
-        self.expect_body = True
-        self.on_body: Callable | None = None
-
-    @property
-    def idle(self) -> bool:
-        """Between responses with nothing buffered."""
-        return self._state == _HEAD and not self._buf
-
-    def _deliver(self, piece) -> None:
-        if self.on_body is not None:
-            self.on_body(piece)
-        else:
-            self._parts.append(bytes(piece))
-
-    def _finish(self, out: list) -> None:
-        resp = self._resp
-        if self._parts:
-            resp.body = b"".join(self._parts)
-        self._resp, self._parts, self._state = None, [], _HEAD
-        out.append(resp)
-
-    def _start_body(self, resp: Response, out: list) -> None:
-        self._resp = resp
-        te = resp.headers.get("transfer-encoding")
-        if te is not None and "chunked" in te.lower():
-            self._state = _CHUNK_SIZE
-            return
-        length = resp.headers.get("content-length")
-        if length is None:
-            self._state = _UNTIL_CLOSE
-            return
-        try:
-            self._remaining = int(length)
-        except ValueError:
-            raise ProtocolError(f"bad Content-Length {length!r}") from None
-        if self._remaining < 0:
-            raise ProtocolError(f"bad Content-Length {length!r}")
-        self._state = _LENGTH
-        if self._remaining == 0:
-            self._finish(out)
-
-    def feed(self, data) -> list[Response]:
-        """Consume ``data``; return the responses it completed, in order."""
-        out: list[Response] = []
-        buf = self._buf
-        if not buf and self._state in (_LENGTH, _CHUNK_DATA) and len(data):
-            # fast path for large bodies: hand the piece over without buffering it
-            view = memoryview(data)
-            n = min(len(view), self._remaining)
-            self._deliver(view[:n])
-            self._remaining -= n
-            data = view[n:]
-            if self._remaining == 0:
-                if self._state == _LENGTH:
-                    self._finish(out)
-                else:
-                    self._state = _CHUNK_END
-        buf += data
-        while True:
-            st = self._state
-            if st == _HEAD:
-                i = buf.find(b"\r\n\r\n")
-                if i < 0:
-                    if len(buf) > MAX_HEAD:
-                        raise ProtocolError("response head too large")
-                    break
-                resp = parse_head(bytes(buf[:i]))
-                del buf[:i + 4]
-                if 100 <= resp.status < 200:
-                    continue  # informational (100 Continue): the real one follows
-                if not self.expect_body or resp.status in (204, 304):
-                    self._resp = resp
-                    self._finish(out)
-                    continue
-                self._start_body(resp, out)
-            elif st == _LENGTH or st == _CHUNK_DATA:
-                if not buf:
-                    break
-                n = min(len(buf), self._remaining)
-                self._deliver(buf[:n])
-                del buf[:n]
-                self._remaining -= n
-                if self._remaining == 0:
-                    if st == _LENGTH:
-                        self._finish(out)
-                    else:
-                        self._state = _CHUNK_END
-            elif st == _CHUNK_SIZE:
-                i = buf.find(b"\r\n")
-                if i < 0:
-                    if len(buf) > 1024:
-                        raise ProtocolError("chunk size line too long")
-                    break
-                try:
-                    size = int(bytes(buf[:i]).split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise ProtocolError(f"bad chunk size {bytes(buf[:i])[:40]!r}") from None
-                del buf[:i + 2]
-                if size == 0:
-                    self._state = _TRAILER
-                else:
-                    self._remaining, self._state = size, _CHUNK_DATA
-            elif st == _CHUNK_END:
-                if len(buf) < 2:
-                    break
-                if buf[:2] != b"\r\n":
-                    raise ProtocolError("chunk not followed by CRLF")
-                del buf[:2]
-                self._state = _CHUNK_SIZE
-            elif st == _TRAILER:
-                i = buf.find(b"\r\n")
-                if i < 0:
-                    break
-                del buf[:i + 2]
-                if i == 0:
-                    self._finish(out)
-            else:  # _UNTIL_CLOSE
-                if buf:
-                    self._deliver(buf)
-                    buf.clear()
-                break
-        return out
-
-    def eof(self) -> Response | None:
-        """The connection ended: the response it completes, or None when idle.
-
-        :raises ProtocolError: it ended in the middle of a response
-        """
-        if self._state == _UNTIL_CLOSE:
-            out: list = []
-            self._finish(out)
-            return out[0]
-        if self.idle:
-            return None
-        raise ProtocolError("connection closed in the middle of a response")
-
-
-def request_bytes(method: str, target: str, host: str, headers=(), body: bytes = b"") -> bytes:
-    """A complete HTTP/1.1 request (keep-alive, Content-Length when there is a body)."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-    lines += [f"{k}: {v}" for k, v in headers]
-    if body or method in ("POST", "PUT"):
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-class DeferredFeed:
-    """Stamps each piece's arrival time, then parses every piece of one event-loop
-    pass afterwards: with hundreds of readers woken at once, the readers served
-    later in the pass are not charged for parsing the earlier ones."""
-
-    def __init__(self) -> None:
-        self._pending: list = []
-        self._scheduled = False
-
-    def add(self, conn: "HttpConnection", data: bytes) -> None:
-        self._pending.append((conn, data, time.perf_counter_ns()))
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        pending, self._pending, self._scheduled = self._pending, [], False
-        for conn, data, ts in pending:
-            conn.received_ns = ts
-            conn.feed(data)
-
-
-RECV_BUFFER = 256 * KiB
-
-
-class HttpConnection(asyncio.BufferedProtocol):
-    """One keep-alive HTTP/1.1 connection; one request at a time. Receives into
-    one preallocated buffer (no allocation per read for large bodies)."""
-
-    def __init__(self, host: str, port: int, deferred: DeferredFeed | None = None) -> None:
-        self.host_header = f"{host}:{port}"
-        self._rbuf = memoryview(bytearray(RECV_BUFFER if deferred is None else 16 * KiB))
-        self.parser = ResponseParser()
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.received_ns = 0
-        self._waiter: asyncio.Future | None = None
-        self._deferred = deferred
-
-    @classmethod
-    async def open(cls, host: str, port: int,
-                   deferred: DeferredFeed | None = None) -> "HttpConnection":
-        loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(lambda: cls(host, port, deferred), host, port)
-        return conn
-
-    # asyncio.Protocol
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._rbuf
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self._deferred is not None:
-            self._deferred.add(self, bytes(self._rbuf[:nbytes]))
-        else:
-            self.received_ns = time.perf_counter_ns()
-            self.feed(self._rbuf[:nbytes])
-
-    def connection_lost(self, exc) -> None:
-        if self._deferred is not None:
-            self._deferred.flush()
-        self.closed = True
-        waiter, self._waiter = self._waiter, None
-        if waiter is None or waiter.done():
-            return
-        try:
-            resp = self.parser.eof()
-        except ProtocolError as err:
-            waiter.set_exception(ConnectionError(f"connection lost: {err}"))
-            return
-        if resp is None:
-            waiter.set_exception(ConnectionError(f"connection lost: {exc or 'closed by peer'}"))
-        else:
-            waiter.set_result(resp)
-
-    def feed(self, data) -> None:
-        try:
-            done = self.parser.feed(data)
-        except ProtocolError as err:
-            waiter, self._waiter = self._waiter, None
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(err)
-            self.close()
-            return
-        for resp in done:
-            waiter, self._waiter = self._waiter, None
-            if waiter is not None and not waiter.done():
-                waiter.set_result(resp)
-
-    # requests
-    def send(self, raw: bytes, *, expect_body: bool = True,
-             on_body: Callable | None = None) -> asyncio.Future:
-        """Write a prepared request; the future resolves to its Response."""
-        if self.closed:
-            raise ConnectionError("connection closed")
-        if self._waiter is not None:
-            raise RuntimeError("one request at a time on a connection")
-        self.parser.expect_body = expect_body
-        self.parser.on_body = on_body
-        self._waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(raw)
-        return self._waiter
-
-    async def request(self, method: str, target: str, headers=(), body: bytes = b"", *,
-                      on_body: Callable | None = None) -> Response:
-        raw = request_bytes(method, target, self.host_header, headers, body)
-        return await self.send(raw, expect_body=method != "HEAD", on_body=on_body)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-async def open_connections(host: str, port: int, n: int,
-                           deferred: DeferredFeed | None = None) -> list[HttpConnection]:
-    """``n`` connections, at most CONNECT_PARALLEL connecting at once."""
-    sem = asyncio.Semaphore(CONNECT_PARALLEL)
-
-    async def one():
-        async with sem:
-            return await HttpConnection.open(host, port, deferred)
-
-    return list(await asyncio.gather(*(one() for _ in range(n))))
-
-
-# ---- SSE parsing (pure) ---------------------------------------------------------------------
-
-class SSEParser:
-    """Splits a text/event-stream into ``(event type, data)`` pairs; comments
-    and ids are dropped, several ``data:`` lines are joined with newlines."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data) -> list[tuple[bytes, bytes]]:
-        self._buf += data
-        buf = self._buf
-        if b"\r" in buf:
-            end = len(buf) - 1 if buf.endswith(b"\r") else len(buf)  # CR LF may be split
-            buf[:end] = buf[:end].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        out = []
-        start = 0
-        while True:
-            i = buf.find(b"\n\n", start)
-            if i < 0:
-                break
-            event = self._event(bytes(buf[start:i]))
-            if event is not None:
-                out.append(event)
-            start = i + 2
-        if start:
-            del buf[:start]
-        return out
-
-    @staticmethod
-    def _event(block: bytes) -> tuple[bytes, bytes] | None:
-        kind, data, has_data = b"message", [], False
-        for line in block.split(b"\n"):
-            if not line or line.startswith(b":"):
-                continue
-            name, _, value = line.partition(b":")
-            if value.startswith(b" "):
-                value = value[1:]
-            if name == b"event":
-                kind = value
-            elif name == b"data":
-                data.append(value)
-                has_data = True
-        if not has_data:
-            return None
-        return kind, b"\n".join(data)
-
-
-_MSG_RE = re.compile(rb'"i":(-?\d+),"t":(\d+)')
-_OFFSET_RE = re.compile(rb'"streamNextOffset":"([^"]*)"')
-
-
-def sse_message(i: int, now_ns: int | None = None) -> bytes:
-    """The SSE writer's JSON body: ``{"i":i,"t":ns since the bench started}``."""
-    t = (time.perf_counter_ns() if now_ns is None else now_ns) - _T0
-    return b'{"i":%d,"t":%d}' % (i, t)
-
-
-def message_stamps(data: bytes) -> list[tuple[int, int]]:
-    """``(i, t)`` of every writer message in an SSE data payload (a JSON
-    object, or an array of them)."""
-    return [(int(m[1]), int(m[2])) for m in _MSG_RE.finditer(data)]
-
-
-# ---- servers -------------------------------------------------------------------------------
-
-@dataclass
-class Server:
-    """A server to measure: a URL, and our child process when we started it."""
-
-    name: str
-    url: str
-    description: str
-    proc: subprocess.Popen | None = None
-    log_path: str | None = None
-    _drain: threading.Thread | None = None
-
-    @property
-    def host(self) -> str:
-        return split_url(self.url)[0]
-
-    @property
-    def port(self) -> int:
-        return split_url(self.url)[1]
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU seconds of our child process so far (Linux), else None."""
-        if self.proc is None:
-            return None
-        try:
-            with open(f"/proc/{self.proc.pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} server exited with status {self.proc.returncode}"
-                               f"{_log_tail(self.log_path)}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-def _log_tail(path: str | None, lines: int = 15) -> str:
-    if not path or not os.path.exists(path):
-        return ""
-    with open(path, errors="replace") as f:
-        tail = f.readlines()[-lines:]
-    return "\n  ... last lines of its output (" + path + "):\n  " + "  ".join(tail)
-
-
-def start_process(name: str, description: str, cmd: list[str], ready: re.Pattern,
-                  log_path: str, timeout: float = 60.0, env: dict | None = None) -> Server:
-    """Start ``cmd``; its stdout and stderr go to ``log_path``; returns once a
-    stdout line matches ``ready`` (whose group 1 is the base URL)."""
-    log = open(log_path, "w", buffering=1)
-    # run beside its log, not in the caller's directory: "python -m" puts the
-    # working directory first on sys.path, and a source checkout there would
-    # shadow the installed (compiled) package
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                            text=True, bufsize=1, env=env, start_new_session=True,
-                            cwd=os.path.dirname(os.path.abspath(log_path)))
-    found: queue.Queue = queue.Queue()
-
-    def drain():
-        matched = False
-        for line in proc.stdout:
-            log.write(line)
-            if not matched:
-                m = ready.search(line)
-                if m:
-                    matched = True
-                    found.put(m.group(1))
-        found.put(None)
-        log.close()
-
-    thread = threading.Thread(target=drain, name=f"{name}-stdout", daemon=True)
-    thread.start()
-    try:
-        url = found.get(timeout=timeout)
-    except queue.Empty:
-        url = None
-    if url is None:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        thread.join(5)
-        raise RuntimeError(f"{name} server did not start (no ready line within {timeout:g} s)"
-                           f"{_log_tail(log_path)}")
-    return Server(name, base_url(url), description, proc, log_path, thread)
-
-
-_UNBROKEN_READY = re.compile(r"serving (http://\S+?)/v1/stream/")
-_REFERENCE_READY = re.compile(r"reference: ready (http://\S+)")
-_SINK_READY = re.compile(r"sink: ready (http://\S+)")
-
-
-def start_unbroken(data_dir: str, log_path: str) -> Server:
-    cmd = [sys.executable, "-m", "unbroken_server", "serve", "--host", "127.0.0.1",
-           "--port", "0", "--store", "file", "--data-dir", data_dir,
-           "--durability", "always", "--log-level", "warning"]
-    return start_process("unbroken", "unbroken serve (file store, --durability always)", cmd,
-                         _UNBROKEN_READY, log_path)
-
-
-def reference_entry(module: str | None) -> str:
-    """The reference package's ESM entry file, from a package dir or a file path."""
-    path = module or os.environ.get(REFERENCE_ENV) or DEFAULT_REFERENCE_MODULE
-    if os.path.isdir(path):
-        path = os.path.join(path, "dist", "index.js")
-    if not os.path.isfile(path):
-        raise RuntimeError(f"reference server package not found at {path}: install it with "
-                           f"`npm install @durable-streams/server@0.3.7` in this directory, "
-                           f"or give --reference-module or set ${REFERENCE_ENV}")
-    return os.path.abspath(path)
-
-
-def reference_version(entry: str) -> str | None:
-    try:
-        with open(os.path.join(os.path.dirname(os.path.dirname(entry)), "package.json")) as f:
-            return json.load(f).get("version")
-    except (OSError, ValueError):
-        return None
-
-
-def start_reference(settings: Settings, data_dir: str, log_path: str) -> Server:
-    if shutil.which(settings.node) is None:
-        raise RuntimeError(f"--compare-reference needs node ({settings.node!r} is not on PATH)")
-    entry = reference_entry(settings.reference_module)
-    version = reference_version(entry) or "?"
-    cmd = [settings.node, LAUNCHER, "0", data_dir, entry]
-    return start_process("reference", f"@durable-streams/server {version} (file-backed, "
-                         f"fsync per append)", cmd, _REFERENCE_READY, log_path)
-
-
-def start_sink(log_path: str) -> Server:
-    cmd = [sys.executable, "-m", "unbroken_benches.http", "sink", "0"]
-    return start_process("ceiling", "trivial server (answers at once)", cmd, _SINK_READY,
-                         log_path)
+# ---- the servers -----------------------------------------------------------------------------
+
+def start_unbroken(data_dir: str, log_path: str, durability: str = "always") -> Server:
+    """Start the Unbroken server under test: ``unbroken serve`` on the file
+    store in ``data_dir``, a free port, ``--durability`` ``durability``."""
+    cmd = serve_command("file", None, data_dir, durability=durability)
+    return start_process("unbroken", f"unbroken serve (file store, --durability {durability})",
+                         cmd, UNBROKEN_READY, log_path)
 
 
 # ---- workloads: each returns one Run ----------------------------------------------------------
 
-def stream_name(kind: str) -> str:
-    return f"{STREAM_PREFIX}bench-{kind}-{uuid.uuid4().hex[:12]}"
-
-
-def json_body(size: int) -> bytes:
-    """A JSON object of exactly ``size`` bytes (at least 10)."""
-    return b'{"pad":"' + b"x" * (size - 10) + b'"}'
-
 
 def body_for(kind: str, size: int) -> bytes:
     return json_body(size) if kind == "json" else os.urandom(size)
-
-
-async def create_stream(conn: HttpConnection, path: str, content_type: str) -> str:
-    """PUT ``path``; returns its tail offset."""
-    resp = await conn.request("PUT", path, [("Content-Type", content_type)])
-    if resp.status not in (200, 201):
-        raise RuntimeError(f"PUT {path}: {resp.status} {resp.body[:200]!r}")
-    return resp.header("stream-next-offset") or "-1"
-
-
-class CpuMeter:
-    """CPU use of the server process and of this process over a window."""
-
-    def __init__(self, server: Server):
-        self.server = server
-        self.wall = time.perf_counter()
-        self.client = time.process_time()
-        self.srv = server.cpu_seconds()
-
-    def stop(self) -> tuple[float, float | None, float]:
-        """``(seconds, server cpu share, client cpu share)`` since construction."""
-        seconds = time.perf_counter() - self.wall
-        client = (time.process_time() - self.client) / seconds if seconds > 0 else None
-        srv_now = self.server.cpu_seconds()
-        srv = None
-        if srv_now is not None and self.srv is not None and seconds > 0:
-            srv = (srv_now - self.srv) / seconds
-        return seconds, srv, client
 
 
 async def append_run(server: Server, body: bytes, content_type: str, connections: int,
@@ -1309,68 +537,6 @@ async def append_run(server: Server, body: bytes, content_type: str, connections
     finally:
         for c in conns:
             c.close()
-
-
-async def closed_loop_appends(conns: Sequence[HttpConnection], raws: Sequence[bytes],
-                              body_bytes: int, meter, warmup: float, duration: float) -> Run:
-    """Each connection sends its raw POST, waits for the answer and sends it
-    again, for ``warmup`` + ``duration`` seconds; the answers of the timed
-    part are counted. ``meter()`` starts a CPU meter (stopped with
-    ``.stop()`` -> seconds, server CPU, client CPU) when timing starts."""
-    timing = False
-    stopping = False
-    ops = errors = 0
-    first_error = ""
-    lat = array.array("q")
-
-    async def worker(conn: HttpConnection, raw: bytes) -> None:
-        """POST, wait for the answer, POST again, until stopped."""
-        nonlocal ops, errors, first_error
-        clock = time.perf_counter_ns
-        while not stopping:
-            t = clock()
-            resp = await conn.send(raw)
-            ok = resp.status in (200, 204)
-            if timing:
-                if ok:
-                    ops += 1
-                    lat.append(clock() - t)
-                else:
-                    errors += 1
-            if not ok and not first_error:
-                first_error = f"{resp.status} {resp.body[:120]!r}"
-
-    tasks = [asyncio.ensure_future(worker(c, r)) for c, r in zip(conns, raws)]
-    try:
-        await _sleep_or_fail(tasks, warmup)
-        timing = True
-        running = meter()
-        await _sleep_or_fail(tasks, duration)
-        timing = False
-        seconds, srv_cpu, cli_cpu = running.stop()
-        stopping = True
-        done, pending = await asyncio.wait(tasks, timeout=30)
-        for t in done:
-            if t.exception() is not None:
-                raise t.exception()
-        if pending:
-            raise RuntimeError(f"{len(pending)} appends still unanswered 30 s after the end")
-    finally:
-        stopping = True
-        for t in tasks:
-            t.cancel()
-    return Run(seconds, ops, ops * body_bytes, errors, lat, server_cpu=srv_cpu,
-               client_cpu=cli_cpu, note=f"first error: {first_error}" if first_error else "")
-
-
-async def _sleep_or_fail(tasks, seconds: float) -> None:
-    """Sleep, but raise at once if a worker task died."""
-    if seconds <= 0:
-        return
-    done, _ = await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION)
-    for t in done:
-        if t.exception() is not None:
-            raise t.exception()
 
 
 def read_fill_posts(kind: str, total: int) -> tuple[list[bytes], int]:
@@ -1458,458 +624,10 @@ async def read_run(server: Server, path: str, payload: int, min_seconds: float =
                note=f"{passes} passes, {received} body bytes in {gets} GETs")
 
 
-class _LiveReader:
-    """What the SSE and long-poll readers share: their counters, a loop that
-    reconnects after a dropped connection (and gives up, failing ``ready``,
-    when the first attempt fails or the server answers wrongly), and stop()."""
-
-    KIND = ""
-    RESUBSCRIBED = ""
-
-    def __init__(self, server: Server, path: str, deferred: DeferredFeed, sink: array.array):
-        self.server, self.path, self.deferred, self.sink = server, path, deferred, sink
-        self.offset = "-1"
-        self.ready = asyncio.get_running_loop().create_future()
-        self.conn: HttpConnection | None = None
-        self.received = 0
-        self.errors = 0
-        self.resubscribes = 0
-        self.stopping = False
-
-    async def _once(self) -> None:
-        """One request on ``self.conn``; raise RuntimeError for a wrong answer."""
-        raise NotImplementedError
-
-    async def run(self, conn: HttpConnection) -> None:
-        self.conn = conn
-        while not self.stopping:
-            try:
-                if self.conn.closed:
-                    self.conn = await HttpConnection.open(self.server.host, self.server.port,
-                                                          self.deferred)
-                await self._once()
-            except (ConnectionError, OSError, ProtocolError) as exc:
-                if self.stopping:
-                    return
-                self.errors += 1
-                if not self.ready.done():
-                    self.ready.set_exception(exc)
-                    return
-                await asyncio.sleep(0.05)
-            except RuntimeError as exc:
-                if not self.ready.done():
-                    self.ready.set_exception(exc)
-                self.errors += 1
-                return
-
-    def stop(self) -> None:
-        self.stopping = True
-        if self.conn is not None:
-            self.conn.close()
-
-
-class SseReader(_LiveReader):
-    """One live=sse reader: records each measured message's delivery latency,
-    and re-subscribes from the last ``streamNextOffset`` if the server ends
-    the response."""
-
-    KIND = "sse"
-    RESUBSCRIBED = "re-subscriptions"
-
-    def __init__(self, server: Server, path: str, deferred: DeferredFeed, sink: array.array):
-        super().__init__(server, path, deferred, sink)
-        self.parser = SSEParser()
-
-    def on_body(self, piece) -> None:
-        now = self.conn.received_ns - _T0
-        for kind, data in self.parser.feed(piece):
-            if kind == b"data":
-                for m in _MSG_RE.finditer(data):
-                    if int(m[1]) >= 0:
-                        self.sink.append(now - int(m[2]))
-                        self.received += 1
-            elif kind == b"control":
-                m = _OFFSET_RE.search(data)
-                if m:
-                    self.offset = m[1].decode()
-                if not self.ready.done():
-                    self.ready.set_result(None)
-
-    async def _once(self) -> None:
-        self.parser = SSEParser()
-        resp = await self.conn.request(
-            "GET", f"{self.path}?offset={quote(self.offset, safe='-_')}&live=sse",
-            [("Accept", "text/event-stream")], on_body=self.on_body)
-        if resp.status != 200:
-            raise RuntimeError(f"SSE GET {self.path}: {resp.status} {resp.body[:200]!r}")
-        self.resubscribes += 1  # the server ended the response
-
-
-class SseWriter:
-    """The single logical writer of the SSE workload, open loop: a POST goes
-    out on schedule on an idle connection of a small pool, whether or not the
-    earlier ones have been answered (a slow server must not slow the writer
-    down and so hide its own latency). Only when all SSE_WRITER_CONNECTIONS
-    are busy does a POST wait; that lag is reported."""
-
-    def __init__(self, server: Server, path: str):
-        self.server, self.path = server, path
-        self.idle: asyncio.Queue = asyncio.Queue()
-        self.conns: list[HttpConnection] = []
-        self.tasks: list = []
-        self.errors = 0
-        self.first_error = ""
-        self.acks = array.array("q")
-        self.max_lag = 0.0
-
-    async def _conn(self) -> HttpConnection:
-        if self.idle.empty() and len(self.conns) < SSE_WRITER_CONNECTIONS:
-            conn = await HttpConnection.open(self.server.host, self.server.port)
-            self.conns.append(conn)
-            return conn
-        return await self.idle.get()
-
-    async def _post(self, conn: HttpConnection, i: int) -> None:
-        t = time.perf_counter_ns()
-        try:
-            resp = await conn.request("POST", self.path, [("Content-Type", "application/json")],
-                                      sse_message(i, t))
-        except (ConnectionError, OSError, ProtocolError) as exc:
-            self.errors += 1
-            self.first_error = self.first_error or f"POST: {exc}"
-            return
-        if i >= 0:
-            self.acks.append(time.perf_counter_ns() - t)
-        if resp.status not in (200, 204):
-            self.errors += 1
-            self.first_error = self.first_error or f"POST: {resp.status} {resp.body[:120]!r}"
-        self.idle.put_nowait(conn)
-
-    async def write(self, first: int, count: int, rate: float) -> None:
-        """POST messages ``first`` .. ``count - 1`` at ``rate`` per second."""
-        period = 1.0 / rate
-        start = time.perf_counter()
-        for n, i in enumerate(range(first, count)):
-            due = start + n * period
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            conn = await self._conn()
-            self.max_lag = max(self.max_lag, time.perf_counter() - due)
-            self.tasks.append(asyncio.ensure_future(self._post(conn, i)))
-
-    async def finish(self, timeout: float) -> int:
-        """Wait for every POST's answer; returns how many are still unanswered."""
-        if not self.tasks:
-            return 0
-        _, pending = await asyncio.wait(self.tasks, timeout=timeout)
-        return len(pending)
-
-    def close(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        for c in self.conns:
-            c.close()
-
-
-class LongPollReader(_LiveReader):
-    """One live=long-poll reader: after one catch-up GET from offset -1, loops
-    GET ?offset=<Stream-Next-Offset>&live=long-poll&cursor=<Stream-Cursor> on
-    its keep-alive connection and records each measured message's delivery
-    latency (the response's arrival minus the message's stamp)."""
-
-    KIND = "longpoll"
-    RESUBSCRIBED = "long-polls timed out (204)"
-
-    def __init__(self, server: Server, path: str, deferred: DeferredFeed, sink: array.array):
-        super().__init__(server, path, deferred, sink)
-        self.cursor: str | None = None
-
-    def target(self) -> str:
-        t = f"{self.path}?offset={quote(self.offset, safe='-_')}"
-        if self.ready.done():
-            t += "&live=long-poll"
-            if self.cursor is not None:
-                t += f"&cursor={quote(self.cursor, safe='-_')}"
-        return t
-
-    async def _once(self) -> None:
-        live = self.ready.done()
-        resp = await self.conn.request("GET", self.target())
-        now = self.conn.received_ns - _T0
-        if resp.status == 200:
-            for m in _MSG_RE.finditer(resp.body):
-                if int(m[1]) >= 0:
-                    self.sink.append(now - int(m[2]))
-                    self.received += 1
-        elif resp.status == 204:
-            self.resubscribes += live
-        else:
-            raise RuntimeError(f"long-poll GET {self.path}: {resp.status} "
-                               f"{resp.body[:200]!r}")
-        self.offset = resp.header("stream-next-offset") or self.offset
-        self.cursor = resp.header("stream-cursor") or self.cursor
-        if not self.ready.done():
-            self.ready.set_result(None)
-
-
-async def sse_run(server: Server, readers: int, rate: float, duration: float,
-                  reader_cls=None, *, writer_server: Server | None = None, meter=None) -> Run:
-    """``readers`` SSE readers (or ``reader_cls`` ones: LongPollReader) on
-    ``server``, one writer at ``rate`` messages/s for ``duration`` s, posting
-    to ``writer_server`` (default: the same server; another instance of a
-    shared store makes every delivery cross instances). ``meter()`` starts
-    the CPU meter of the timed part (default: ``CpuMeter(server)``)."""
-    reader_cls = reader_cls or SseReader
-    writer_server = writer_server or server
-    host, port = server.host, server.port
-    path = stream_name(reader_cls.KIND)
-    deferred = DeferredFeed()
-    sink = array.array("q")
-    subs: list = []
-    tasks: list = []
-    writer = SseWriter(writer_server, path)
-    try:
-        setup = await HttpConnection.open(writer_server.host, writer_server.port)
-        try:
-            await create_stream(setup, path, "application/json")
-        finally:
-            setup.close()
-        conns = await open_connections(host, port, readers, deferred)
-        subs = [reader_cls(server, path, deferred, sink) for _ in conns]
-        tasks = [asyncio.ensure_future(r.run(c)) for r, c in zip(subs, conns)]
-        await asyncio.wait_for(asyncio.gather(*(r.ready for r in subs)), SSE_READY_TIMEOUT)
-        await writer.write(-SSE_WARMUP_MESSAGES, 0, rate)   # warm-up: never counted
-        await writer.finish(SSE_DRAIN)
-        count = max(1, round(duration * rate))
-        running = meter() if meter is not None else CpuMeter(server)
-        t0 = time.perf_counter()
-        await writer.write(0, count, rate)
-        written = time.perf_counter() - t0
-        unanswered = await writer.finish(SSE_DRAIN)
-        expected = count * readers
-        deadline = time.perf_counter() + SSE_DRAIN
-        while sum(r.received for r in subs) < expected and time.perf_counter() < deadline:
-            await asyncio.sleep(0.01)
-        seconds, srv_cpu, cli_cpu = running.stop()
-        received = sum(r.received for r in subs)
-        errors = writer.errors + sum(r.errors for r in subs)
-        resub = sum(r.resubscribes for r in subs)
-        acks = Latency.of_ns(writer.acks)
-        note = (f"{count} messages x {readers} readers, written at "
-                f"{(count - 1) / written if written > 0 and count > 1 else rate:.1f}/s "
-                f"(writer lag max {writer.max_lag * 1e3:.0f} ms, "
-                f"{len(writer.conns)} writer connections)")
-        if acks:
-            note += f"; POST answered p50 {acks.p50:.1f} ms, p99 {acks.p99:.1f} ms"
-        if unanswered:
-            note += f"; {unanswered} POSTs unanswered"
-        if resub:
-            note += f"; {resub} {reader_cls.RESUBSCRIBED}"
-        if writer.first_error:
-            note += f"; first error: {writer.first_error}"
-        return Run(seconds, received, 0, errors, array.array("q", sink),
-                   missing=max(0, expected - received), server_cpu=srv_cpu,
-                   client_cpu=cli_cpu, note=note)
-    finally:
-        for r in subs:
-            r.stop()
-        writer.close()
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
-            for t in tasks:
-                t.cancel()
-
-
 # ---- the trivial server (the generator's ceiling), run as a subprocess --------------------------
-
-_SINK_PIECE = b"x" * (1 * MiB)
-
-
-class _SinkProtocol(asyncio.Protocol):
-    """Answers at once: PUT 201, POST 204 (and fans an SSE event out to every
-    subscriber of the path), GET ?live=sse subscribes, other GETs return the
-    next 1 MiB of a stream of read-<total> bytes, except on a *-longpoll-*
-    stream: its POST bodies from the offset as a JSON array (a live=long-poll
-    GET with none waits for the next POST)."""
-
-    subscribers: dict = {}
-    streams: dict = {}   # *-longpoll-* path -> its POST bodies (offset = their count)
-    waiters: dict = {}   # path -> protocols whose long-poll waits for the next POST
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        self.buf = bytearray()
-        self.sse_path: str | None = None
-
-    def connection_lost(self, exc) -> None:
-        if self.sse_path is not None:
-            self.subscribers.get(self.sse_path, set()).discard(self.transport)
-        for waiting in self.waiters.values():
-            if self in waiting:
-                waiting.remove(self)
-
-    def messages(self, path: bytes, offset: int) -> None:
-        msgs = self.streams[path]
-        body = b"[" + b",".join(msgs[offset:]) + b"]"
-        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Stream-Next-Offset: %d\r\nStream-Cursor: 1\r\n"
-                             b"Stream-Up-To-Date: true\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(msgs), len(body), body))
-
-    def data_received(self, data: bytes) -> None:
-        if self.sse_path is not None:
-            return
-        buf = self.buf
-        buf += data
-        while True:
-            i = buf.find(b"\r\n\r\n")
-            if i < 0:
-                return
-            head = bytes(buf[:i])
-            m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-            n = int(m[1]) if m else 0
-            if len(buf) < i + 4 + n:
-                return
-            body = bytes(buf[i + 4:i + 4 + n])
-            del buf[:i + 4 + n]
-            self.handle(head, body)
-            if self.sse_path is not None:
-                return
-
-    def handle(self, head: bytes, body: bytes) -> None:
-        method, target, _ = head.split(b"\r\n", 1)[0].split(b" ", 2)
-        path, _, query = target.partition(b"?")
-        w = self.transport.write
-        if method == b"PUT":
-            if b"-longpoll-" in path:
-                self.streams[path] = []
-            w(b"HTTP/1.1 201 Created\r\nStream-Next-Offset: 0\r\nContent-Length: 0\r\n\r\n")
-        elif method == b"POST":
-            if path in self.streams:
-                self.streams[path].append(body)
-                for proto in self.waiters.pop(path, []):
-                    proto.messages(path, len(self.streams[path]) - 1)
-            subs = self.subscribers.get(path)
-            if subs:
-                event = (b"event: data\ndata:" + body + b"\n\nevent: control\n"
-                         b'data:{"streamNextOffset":"1"}\n\n')
-                chunk = b"%x\r\n%s\r\n" % (len(event), event)
-                for t in list(subs):
-                    t.write(chunk)
-            w(b"HTTP/1.1 204 No Content\r\nStream-Next-Offset: 1\r\n\r\n")
-        elif method == b"GET" and b"live=sse" in query:
-            self.sse_path = path
-            self.subscribers.setdefault(path, set()).add(self.transport)
-            event = b'event: control\ndata:{"streamNextOffset":"0","upToDate":true}\n\n'
-            w(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-              b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(event), event))
-        elif method == b"GET" and path in self.streams:
-            m = re.search(rb"offset=(\d+)", query)
-            offset = int(m[1]) if m else 0
-            if offset < len(self.streams[path]) or b"live=long-poll" not in query:
-                self.messages(path, offset)
-            else:
-                self.waiters.setdefault(path, []).append(self)
-        elif method == b"GET":
-            m = re.search(rb"read-(?:\w+-)?(\d+)", path)
-            total = int(m[1]) if m else len(_SINK_PIECE)
-            m = re.search(rb"offset=(-1|\d+)", query)
-            pos = 0 if not m or m[1] == b"-1" else int(m[1])
-            n = max(0, min(len(_SINK_PIECE), total - pos))
-            done = b"Stream-Up-To-Date: true\r\n" if pos + n >= total else b""
-            w(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-              b"Stream-Next-Offset: %d\r\n%sContent-Length: %d\r\n\r\n" % (pos + n, done, n))
-            w(memoryview(_SINK_PIECE)[:n])
-        else:
-            w(b"HTTP/1.1 204 No Content\r\n\r\n")
-
-
-async def _sink_main(port: int) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(_SinkProtocol, "127.0.0.1", port, backlog=4096)
-    bound = server.sockets[0].getsockname()[1]
-    print(f"sink: ready http://127.0.0.1:{bound}", flush=True)
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    async with server:
-        await stop.wait()
 
 
 # ---- the plan and the runner -----------------------------------------------------------------
-
-FSYNC_PROBES = 10
-
-
-def fsync_probe(directory: str, count: int = FSYNC_PROBES, size: int = 4 * KiB) -> float:
-    """The disk's state now: median milliseconds of appending ``size`` bytes to
-    a file in ``directory`` and fdatasync'ing it, ``count`` times. Both servers
-    wait on this; on a shared machine it can swing by 100x within minutes."""
-    fd, path = tempfile.mkstemp(dir=directory, prefix="fsync-probe-")
-    try:
-        buf = os.urandom(size)
-        times = []
-        for _ in range(count):
-            t = time.perf_counter()
-            os.write(fd, buf)
-            os.fdatasync(fd)
-            times.append(time.perf_counter() - t)
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    return statistics.median(times) * 1e3
-
-@dataclass
-class Progress:
-    """Progress lines on stderr, each with the seconds since the start."""
-
-    stream: object = None
-    started: float = field(default_factory=time.monotonic)
-
-    def say(self, text: str) -> None:
-        stream = self.stream or sys.stderr
-        stream.write(f"[{time.monotonic() - self.started:6.1f}s] {text}\n")
-        stream.flush()
-
-
-def _fmt_value(metric: str, v: float | None) -> str:
-    if v is None or not math.isfinite(v):
-        return "-"
-    if metric == "appends/s":
-        return f"{v:,.0f}"
-    if metric == "MB/s":
-        return f"{v:,.1f}"
-    return f"{v:,.2f}"
-
-
-def _fmt_run(metric: str, run: Run) -> str:
-    if metric == "appends/s":
-        text = f"{run.ops_per_s:,.0f} appends/s"
-    elif metric == "MB/s":
-        text = f"{run.mb_per_s:,.1f} MB/s"
-    else:
-        lat = Latency.of_ns(run.latencies_ns, run.missing)
-
-        def ms(stat):
-            return f"{'>' if stat in lat.lower_bounds else ''}{lat.get(stat):.2f} ms"
-
-        text = (f"p50 {ms('p50')}, p90 {ms('p90')}, p99 {ms('p99')}, max {ms('max')}" if lat
-                else "no deliveries")
-    cpu = []
-    if run.server_cpu is not None:
-        cpu.append(f"server {run.server_cpu:.0%}")
-    if run.client_cpu is not None:
-        cpu.append(f"generator {run.client_cpu:.0%}")
-    if cpu:
-        text += f"  (cpu: {', '.join(cpu)})"
-    if run.errors:
-        text += f"  [{run.errors} errors{'; ' + run.note if run.note else ''}]"
-    if run.missing:
-        text += f"  [{run.missing} deliveries missing]"
-    if run.note and metric not in ("appends/s", "MB/s"):
-        text += f"\n        {run.note}"
-    return text
 
 
 class Bench:
@@ -1936,7 +654,7 @@ class Bench:
                 run = await measure(srv)
                 runs[srv.name].append(run)
                 self.progress.say(f"    round {rnd}/{self.s.rounds} {srv.name:<9} "
-                                  f"{_fmt_run(metric, run)}")
+                                  f"{fmt_run(metric, run)}")
         return {k: tuple(v) for k, v in runs.items()}
 
     async def _ceiling(self, label: str, metric: str, measure) -> tuple:
@@ -1944,7 +662,7 @@ class Bench:
             return ()
         self.sink.check_alive()
         run = await measure(self.sink)
-        self.progress.say(f"    ceiling (trivial server)  {_fmt_run(metric, run)}")
+        self.progress.say(f"    ceiling (trivial server)  {fmt_run(metric, run)}")
         return (run,)
 
     async def appends(self) -> list[Result]:
@@ -2043,22 +761,13 @@ class Bench:
 
 # ---- output --------------------------------------------------------------------------------
 
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
 
 def machine_info(sides: Sequence[Server], settings: Settings,
                  load_before: list[float] | None = None) -> dict:
     info = {
         "load_average_before": load_before,
         "load_average_after": load_average(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        **platform_info(),
         "servers": {s.name: {"url": s.url, "what": s.description} for s in sides},
     }
     if settings.compare_reference:
@@ -2091,38 +800,28 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
         cells = []
         for side in ("unbroken", "reference"):
             bound = ">" if r.lower_bound(side) else ""
-            cells.append(bound + _fmt_value(r.metric, r.value(side)))
+            cells.append(bound + fmt_value(r.metric, r.value(side)))
         fsync = f"{statistics.median(r.fsync_ms):.2f}" if r.fsync_ms else "-"
         rows.append([r.workload, r.label, r.unit, *cells,
                      f"{r.ratio_bound}{ratio:.2f}" if ratio is not None else "-",
-                     _fmt_value(r.metric, r.ceiling_value), fsync, " ".join(flags)])
+                     fmt_value(r.metric, r.ceiling_value), fsync, " ".join(flags)])
     return rows
 
 
 def render_table(results: Sequence[Result]) -> str:
-    rows = [TABLE_HEADER] + table_rows(results)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_HEADER))]
+    """The results as an aligned table (figures right-aligned)."""
+    return render_columns(TABLE_HEADER, table_rows(results), _RIGHT)
 
-    def line(row):
-        return "  ".join(c.rjust(w) if i in _RIGHT else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
 
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(rows[0]), rule] + [line(r) for r in rows[1:]])
+def _target_value(t: Target) -> str:
+    if t.value is None:
+        return "not measured"
+    return f"{t.bound}{t.value:.2f} {'<=' if t.at_most else '>='} {t.threshold:g}"
 
 
 def render_targets(targets: Sequence[Target]) -> str:
-    if not targets:
-        return "targets: none for these workloads"
-    width = max(len(t.label) for t in targets)
-    lines = ["targets (reporting only: the exit status is 0 either way)"]
-    for t in targets:
-        op = "<=" if t.at_most else ">="
-        value = ("not measured" if t.value is None
-                 else f"{t.bound}{t.value:.2f} {op} {t.threshold:g}")
-        line = f"  {t.status:<4}  {t.label.ljust(width)}  {value}"
-        lines.append(line + (f"  [{t.note}]" if t.note else ""))
-    return "\n".join(lines)
+    """The targets section."""
+    return render_target_lines(targets, _target_value)
 
 
 def warnings_for(results: Sequence[Result]) -> list[str]:
@@ -2141,8 +840,8 @@ def warnings_for(results: Sequence[Result]) -> list[str]:
             if r.generator_bound(side) and key not in seen:
                 seen.add(key)
                 out.append(f"{r.workload} {r.label}: {side} {r.unit} "
-                           f"{_fmt_value(r.metric, r.value(side))} is {share:.0%} of the load "
-                           f"generator's ceiling ({_fmt_value(r.metric, r.ceiling_value)}): "
+                           f"{fmt_value(r.metric, r.value(side))} is {share:.0%} of the load "
+                           f"generator's ceiling ({fmt_value(r.metric, r.ceiling_value)}): "
                            f"it may be measuring the generator")
             runs = r.runs[side]
             errors = sum(x.errors for x in runs)
@@ -2163,8 +862,8 @@ def render_text(results: Sequence[Result], targets: Sequence[Target], settings: 
         f"Unbroken HTTP benchmark{' (--quick)' if settings.quick else ''}: Python "
         f"{machine['python']}, {machine['cpu_count']} CPUs"
         f"{', node ' + machine['node'] if machine.get('node') else ''}; load average "
-        f"(1/5/15 min) before {_load(machine['load_average_before'])}, after "
-        f"{_load(machine['load_average_after'])} (other processes compete for the CPUs "
+        f"(1/5/15 min) before {fmt_load(machine['load_average_before'])}, after "
+        f"{fmt_load(machine['load_average_after'])} (other processes compete for the CPUs "
         f"and the disk when these are well above 0)\n"
         f"servers: {servers}\n"
         f"servers measured one at a time (rounds alternate unbroken, reference, ...; the idle "
@@ -2182,13 +881,7 @@ def render_text(results: Sequence[Result], targets: Sequence[Target], settings: 
         f"{SSE_DRAIN:g} s count as slower than all); fsync ms = median write + fdatasync "
         f"latency of this disk, probed before each round")
     parts = [head, render_table(results), render_targets(targets)]
-    if warnings:
-        parts.append("warnings\n" + "\n".join(f"  {w}" for w in warnings))
-    return "\n\n".join(parts)
-
-
-def _load(values) -> str:
-    return "/".join(f"{x:.2f}" for x in values) if values else "?"
+    return "\n\n".join(parts + render_warnings(warnings))
 
 
 def render_json(results: Sequence[Result], targets: Sequence[Target], settings: Settings,
@@ -2204,7 +897,7 @@ def render_json(results: Sequence[Result], targets: Sequence[Target], settings: 
         "targets": [t.to_json() for t in targets],
         "warnings": list(warnings),
     }
-    return json.dumps(_finite(doc), indent=2, allow_nan=False)
+    return json_text(doc)
 
 
 # ---- entry point ----------------------------------------------------------------------------
@@ -2264,7 +957,8 @@ def _start_servers(settings: Settings, root: str, started: list, progress: Progr
     elif settings.compare_reference:
         d = os.path.join(root, "reference")
         os.mkdir(d)
-        srv = start_reference(settings, d, os.path.join(root, "reference.log"))
+        srv = start_reference(settings.node, settings.reference_module, d,
+                              os.path.join(root, "reference.log"))
         started.append(srv)
         sides.append(srv)
         progress.say(f"started {srv.description} at {srv.url} (pid {srv.pid})")
@@ -2275,16 +969,3 @@ def _start_servers(settings: Settings, root: str, started: list, progress: Progr
     return sides, sink
 
 
-def _sink_cli(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "sink" or not argv[1].isdigit():
-        print("usage: python -m unbroken_benches.http sink PORT", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(_sink_main(int(argv[1])))
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_sink_cli(sys.argv[1:]))

@@ -95,24 +95,16 @@ from typing import Awaitable, Callable, Sequence
 
 import anyio
 
-from .engine import _finite, existing_dir, positive_float, positive_int
-from .engine import machine_info as engine_machine_info
-from .http import (
-    CpuMeter,
-    Latency,
-    Progress,
-    Run,
-    Server,
-    _choices,
-    _fmt_value,
-    _load,
-    _median_or_none,
-    fsync_probe,
-    json_body,
-    load_average,
-    safe_ratio,
-)
-from .stores import DEFAULT_SIZE, Store, body_size, child_env, non_negative_seconds
+from .harness.machine import engine_info, fsync_probe, load_average, platform_info
+from .harness.options import (add_output_flags, body_size, bounded_int, choices,
+                              non_negative_seconds, positive_float, positive_int)
+from .harness.process import CpuMeter, Server, child_env
+from .harness.report import (Progress, fmt_load, fmt_value, json_text, render_table,
+                             render_warnings)
+from .harness.results import Run
+from .harness.stats import Latency, median_or_none, ratio
+from .harness.workloads import json_body
+from .stores import DEFAULT_SIZE, Store
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport
     from exceptiongroup import BaseExceptionGroup
@@ -153,34 +145,19 @@ QUICK = Profile(rounds=1, duration=0.4, warmup=0.1)
 def mode_list(text: str) -> tuple[str, ...]:
     """``"remote,inprocess"`` -> ``("remote", "inprocess")``; names from
     MODES, in the order given (the order they are measured in each round)."""
-    return _choices(text, "mode", MODES)
+    return choices(text, "mode", MODES)
 
 
 def workload_list(text: str) -> tuple[str, ...]:
     """``"append,signal_get"``; names from WORKLOADS (always run in
     WORKLOADS' order)."""
-    chosen = _choices(text, "workload", WORKLOADS)
+    chosen = choices(text, "workload", WORKLOADS)
     return tuple(w for w in WORKLOADS if w in chosen)
 
 
-def _bounded(what: str, low: int, high: int):
-    """An argparse type: a whole number from ``low`` to ``high``."""
-
-    def parse(text: str) -> int:
-        """``text`` as a whole number within the bounds."""
-        t = text.strip().replace("_", "").replace(",", "")
-        if not t.isdigit() or not low <= int(t) <= high:
-            raise argparse.ArgumentTypeError(
-                f"{what}: {text!r} is not a whole number from {low:,} to {high:,}")
-        return int(t)
-
-    parse.__doc__ = f"The value of --{what}: a whole number from {low:,} to {high:,}."
-    return parse
-
-
-task_count = _bounded("tasks", 1, MAX_TASKS)
-batch_size = _bounded("batch", 1, MAX_BATCH)
-history_length = _bounded("history", SHORT_HISTORY + 1, MAX_HISTORY)
+task_count = bounded_int("tasks", 1, MAX_TASKS)
+batch_size = bounded_int("batch", 1, MAX_BATCH)
+history_length = bounded_int("history", SHORT_HISTORY + 1, MAX_HISTORY)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -216,11 +193,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--updaters", type=task_count, default=DEFAULT_UPDATERS, metavar="U",
         help="concurrent tasks updating one signal; also measured with 1 "
              "(default: %(default)s)")
-    add("--json", action="store_true", dest="as_json",
-        help="print machine-readable JSON instead of the tables")
-    add("--dir", type=existing_dir, default=None, metavar="PATH",
-        help="where to create the data directories and the server's log (default: the "
-             "system temp dir; removed at the end)")
+    add_output_flags(parser, "where to create the data directories and the server's log "
+                             "(default: the system temp dir; removed at the end)",
+                     tables="the tables")
 
 
 @dataclass(frozen=True)
@@ -365,11 +340,11 @@ def case_figures(workload: str, samples: Sequence[Sample]) -> dict[str, float | 
     ``p99_ms`` (each round's nearest-rank percentile), ``retries_per_update``."""
     if workload == "signal_get":
         lats = [Latency.of_ns(s.run.latencies_ns) for s in samples]
-        return {f"{stat}_ms": _median_or_none(lat.get(stat) for lat in lats if lat)
+        return {f"{stat}_ms": median_or_none(lat.get(stat) for lat in lats if lat)
                 for stat in ("p50", "p99")}
-    out = {"per_s": _median_or_none(s.run.ops_per_s for s in samples)}
+    out = {"per_s": median_or_none(s.run.ops_per_s for s in samples)}
     if workload == "signal_update":
-        out["retries_per_update"] = _median_or_none(
+        out["retries_per_update"] = median_or_none(
             s.retries / s.run.ops for s in samples if s.run.ops)
     return out
 
@@ -405,7 +380,7 @@ def build_results(samples: dict, settings: Settings) -> list[Result]:
         ratios = {}
         for name, base in comparisons(case, settings).items():
             base_figs = figures.get((mode, base), {})
-            ratios[name] = {f: safe_ratio(v, base_figs.get(f))
+            ratios[name] = {f: ratio(v, base_figs.get(f))
                             for f, v in figures[mode, case].items() if f in RATIO_FIGURES}
         out.append(Result(mode, case, figures[mode, case], ratios, tuple(runs)))
     return out
@@ -745,10 +720,10 @@ def round_text(case: Case, sample: Sample) -> str:
         lat = Latency.of_ns(run.latencies_ns)
         text = f"p50 {fmt_ms(lat.p50)} ms, p99 {fmt_ms(lat.p99)} ms" if lat else "no calls"
     elif case.workload == "signal_update":
-        text = (f"{_fmt_value('appends/s', run.ops_per_s)} {RATE_UNITS[case.workload]}, "
+        text = (f"{fmt_value('appends/s', run.ops_per_s)} {RATE_UNITS[case.workload]}, "
                 f"{sample.retries / run.ops if run.ops else 0:.2f} retries/update")
     else:
-        text = f"{_fmt_value('appends/s', run.ops_per_s)} {RATE_UNITS[case.workload]}"
+        text = f"{fmt_value('appends/s', run.ops_per_s)} {RATE_UNITS[case.workload]}"
     cpu = [f"{who} {share:.0%}" for who, share in (("server", run.server_cpu),
                                                     ("this process", run.client_cpu))
            if share is not None]
@@ -814,7 +789,7 @@ def fmt_x(r: float | None) -> str:
 
 def _rate(v: float | None) -> str:
     """A rate for the tables: ``"12,346"``."""
-    return _fmt_value("appends/s", v)
+    return fmt_value("appends/s", v)
 
 
 class Report:
@@ -918,15 +893,6 @@ class Report:
         return out
 
 
-def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """An aligned table: the first column left-aligned, the others right."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [[c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)]
-             for r in [header, *rows]]
-    rule = ["-" * w for w in widths]
-    return "\n".join("  ".join(cells).rstrip() for cells in [lines[0], rule, *lines[1:]])
-
-
 def warnings_for(results: Sequence[Result], modes: Sequence[Mode], fsync_ms: Sequence[float],
                  server_notes: Sequence[str]) -> list[str]:
     """What the reader of the tables should know: modes that failed, wrong
@@ -953,7 +919,7 @@ def machine_info(modes: Sequence[Mode], load_before, fsync_ms: Sequence[float],
                  directory: str | None) -> dict:
     """The machine (as ``unbroken bench engine`` reports it), the load around
     the run, the disk, and the modes."""
-    info = engine_machine_info(directory)
+    info = {**platform_info(), **engine_info(directory)}
     info.update(load_average_before=load_before, load_average_after=load_average(),
                 fsync_ms=list(fsync_ms),
                 modes={m.name: {"what": m.description, "failed": m.failed} for m in modes})
@@ -971,8 +937,8 @@ def render_text(results: Sequence[Result], settings: Settings, modes: Sequence[M
     head = (
         f"Unbroken OnePipe benchmark{' (--quick)' if s.quick else ''}: Python "
         f"{machine['python']}, {machine['cpu_count']} CPUs; load average (1/5/15 min) before "
-        f"{_load(machine['load_average_before'])}, after "
-        f"{_load(machine['load_average_after'])}{disk}\n"
+        f"{fmt_load(machine['load_average_before'])}, after "
+        f"{fmt_load(machine['load_average_after'])}{disk}\n"
         f"modes:\n{described}\n"
         f"figures: median of {s.rounds} round{'s' if s.rounds != 1 else ''} ({s.warmup:g} s "
         f"warm-up + {s.duration:g} s timed each; modes interleaved, a figure and its "
@@ -982,9 +948,7 @@ def render_text(results: Sequence[Result], settings: Settings, modes: Sequence[M
     report = Report(results, s, modes)
     parts = [head] + [f"{title}\n{render_table(header, rows)}"
                       for title, header, rows in report.sections()]
-    if warnings:
-        parts.append("warnings\n" + "\n".join(f"  {w}" for w in warnings))
-    return "\n\n".join(parts)
+    return "\n\n".join(parts + render_warnings(warnings))
 
 
 def render_json(results: Sequence[Result], settings: Settings, machine: dict,
@@ -1000,7 +964,7 @@ def render_json(results: Sequence[Result], settings: Settings, machine: dict,
         "results": [r.to_json() for r in results],
         "warnings": list(warnings),
     }
-    return json.dumps(_finite(doc), indent=2, allow_nan=False)
+    return json_text(doc)
 
 
 # ---- entry point ----------------------------------------------------------------------------

@@ -70,10 +70,8 @@ import argparse
 import asyncio
 import collections
 import dataclasses
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -82,33 +80,19 @@ from dataclasses import dataclass, field
 from typing import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from .engine import _finite, _split, _unique, existing_dir, parse_size, positive_float, \
-    positive_int
-from .http import (
-    SSE_DRAIN,
-    CpuMeter,
-    HttpConnection,
-    Latency,
-    ProtocolError,
-    Progress,
-    Run,
-    Server,
-    _UNBROKEN_READY,
-    _fmt_run,
-    _fmt_value,
-    closed_loop_appends,
-    create_stream,
-    fsync_probe,
-    json_body,
-    load_average,
-    non_negative_seconds,
-    open_connections,
-    readers_list,
-    request_bytes,
-    sse_run,
-    start_process,
-    stream_name,
-)
+from .harness.client import HttpConnection, ProtocolError, open_connections, request_bytes
+from .harness.machine import fsync_probe, load_average, platform_info
+from .harness.options import (add_output_flags, body_size, choices, count, non_negative_seconds,
+                              or_default, positive_float, positive_int)
+from .harness.process import (UNBROKEN_READY, CpuMeter, Server, child_env, serve_command,
+                              start_process)
+from .harness.report import (Progress, fmt_load, fmt_run, fmt_value, json_text, render_warnings)
+from .harness.report import render_table as render_columns
+from .harness.results import Run
+from .harness.stats import Latency
+from .harness.workloads import (SSE_DRAIN, closed_loop_appends, create_stream, json_body,
+                                sse_run, stream_name)
+from .http import readers_list
 
 # ---- constants -------------------------------------------------------------------------
 
@@ -153,21 +137,12 @@ QUICK = Profile(rounds=1, duration=1.0, warmup=0.25, readers=20, sse_duration=2.
 def store_list(text: str) -> tuple[str, ...]:
     """``"file,redis-2"`` -> ``("file", "redis-2")``; names from STORES, in
     the order given (which is the order they are measured in each round)."""
-    out = []
-    for t in _split(text, "stores"):
-        if t.lower() not in STORES:
-            raise argparse.ArgumentTypeError(
-                f"unknown store {t!r} (choose from {', '.join(STORES)})")
-        out.append(t.lower())
-    return _unique(out)
+    return choices(text, "store", STORES, listed="stores")
 
 
 def connection_count(text: str) -> int:
     """A number of append connections, 1 .. MAX_CONNECTIONS."""
-    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_CONNECTIONS:
-        raise argparse.ArgumentTypeError(
-            f"connections: {text!r} is not a whole number from 1 to {MAX_CONNECTIONS}")
-    return int(text)
+    return count(text, "connections", MAX_CONNECTIONS)
 
 
 def reader_count(text: str) -> int:
@@ -176,14 +151,6 @@ def reader_count(text: str) -> int:
     if len(values) != 1:
         raise argparse.ArgumentTypeError(f"readers: one number, not {text!r}")
     return values[0]
-
-
-def body_size(text: str) -> int:
-    """The append body size: 16 B .. 1 MiB, K/KiB suffixes allowed."""
-    n = parse_size(text)
-    if not 16 <= n <= 1 << 20:
-        raise argparse.ArgumentTypeError(f"body size {n} out of range 16..{1 << 20}")
-    return n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,11 +189,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--sse-duration", type=positive_float, default=None, metavar="SECONDS",
         help=f"how long the SSE writer writes in one measurement (default: "
              f"{FULL.sse_duration:g}, quick {QUICK.sse_duration:g})")
-    add("--json", action="store_true", dest="as_json",
-        help="print machine-readable JSON instead of the table")
-    add("--dir", type=existing_dir, default=None, metavar="PATH",
-        help="where to create the servers' data directories and logs (default: the "
-             "system temp dir; removed at the end)")
+    add_output_flags(parser, "where to create the servers' data directories and logs "
+                             "(default: the system temp dir; removed at the end)")
 
 
 @dataclass(frozen=True)
@@ -253,10 +217,7 @@ class Settings:
         """From parsed options; URLs default to $REDIS_URL / $DATABASE_URL."""
         profile = QUICK if args.quick else FULL
 
-        def pick(value, default):
-            """The option's value, or the profile's default when not given."""
-            return default if value is None else value
-
+        pick = or_default
         return cls(
             stores=tuple(args.stores),
             redis_url=args.redis_url or environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
@@ -318,25 +279,6 @@ def backend_of(store: str) -> str | None:
 def instances_of(store: str) -> int:
     """How many ``unbroken serve`` processes a store runs."""
     return 2 if store == "redis-2" else 1
-
-
-def child_env(environ=os.environ) -> dict:
-    """The servers' environment: ours minus REDIS_URL and DATABASE_URL (which
-    would pick a store when --store is absent; here it never is, but a server
-    must not be told two things)."""
-    return {k: v for k, v in environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-
-
-def serve_command(store_arg: str, prefix: str | None, data_dir: str) -> list[str]:
-    """The ``unbroken serve`` command line of one instance on a free port."""
-    cmd = [sys.executable, "-m", "unbroken_server", "serve", "--host", "127.0.0.1",
-           "--port", "0", "--store", store_arg]
-    if prefix is not None:
-        cmd += ["--store-prefix", prefix]
-    cmd += ["--data-dir", data_dir, "--log-level", "warning"]
-    if store_arg == "file":
-        cmd += ["--durability", "always"]
-    return cmd
 
 
 def start_failure(log_text: str, exc: BaseException | None = None) -> str:
@@ -404,7 +346,7 @@ def fmt_figure(name: str, value: float | None, bound: bool = False) -> str:
     """A figure for the table: appends/s without decimals, milliseconds with two."""
     if value is None:
         return "-"
-    return (">" if bound else "") + _fmt_value("appends/s" if name == "appends_per_s" else "ms",
+    return (">" if bound else "") + fmt_value("appends/s" if name == "appends_per_s" else "ms",
                                                value)
 
 
@@ -487,27 +429,12 @@ def build_rows(stores: Sequence["Store"]) -> list[Row]:
 
 # ---- workloads over one or two instances --------------------------------------------------
 
-class _CpuMeters:
-    """:class:`CpuMeter` over several servers: their CPU shares added up."""
-
-    def __init__(self, servers: Sequence[Server]):
-        distinct = {id(s): s for s in servers}   # Server is not hashable
-        self.meters = [CpuMeter(s) for s in distinct.values()]
-
-    def stop(self) -> tuple[float, float | None, float]:
-        """``(seconds, servers' cpu share summed, client cpu share)``."""
-        stops = [m.stop() for m in self.meters]
-        shares = [srv for _, srv, _ in stops]
-        total = None if any(x is None for x in shares) else sum(shares)
-        return stops[0][0], total, stops[0][2]
-
-
 async def spread_append_run(servers: Sequence[Server], body: bytes, connections: int,
                             warmup: float, duration: float) -> Run:
     """Closed-loop JSON appends to ONE stream over ``connections`` keep-alive
     connections spread evenly over ``servers`` (which share a store), for
     ``warmup`` + ``duration`` seconds; counts the answers of the timed part.
-    The loop of :func:`unbroken_benches.http.closed_loop_appends`."""
+    The loop of :func:`unbroken_benches.harness.workloads.closed_loop_appends`."""
     conns: list[HttpConnection] = []
     try:
         for srv, n in zip(servers, split_connections(connections, len(servers))):
@@ -517,7 +444,7 @@ async def spread_append_run(servers: Sequence[Server], body: bytes, connections:
         await create_stream(conns[0], path, JSON_TYPE)
         raws = [request_bytes("POST", path, c.host_header, [("Content-Type", JSON_TYPE)], body)
                 for c in conns]
-        return await closed_loop_appends(conns, raws, len(body), lambda: _CpuMeters(servers),
+        return await closed_loop_appends(conns, raws, len(body), lambda: CpuMeter(*servers),
                                          warmup, duration)
     finally:
         for c in conns:
@@ -529,9 +456,9 @@ async def cross_sse_run(reader_server: Server, writer_server: Server, readers: i
     """``readers`` live=sse readers on ``reader_server``, one open-loop writer
     posting to ``writer_server`` (the same server, or another instance of the
     same store) at ``rate`` messages/s for ``duration`` s: the procedure of
-    :func:`unbroken_benches.http.sse_run`, both servers' CPU metered."""
+    :func:`unbroken_benches.harness.workloads.sse_run`, both servers' CPU metered."""
     return await sse_run(reader_server, readers, rate, duration, writer_server=writer_server,
-                         meter=lambda: _CpuMeters([writer_server, reader_server]))
+                         meter=lambda: CpuMeter(writer_server, reader_server))
 
 
 # ---- the stores under test ------------------------------------------------------------------
@@ -597,7 +524,7 @@ class Store:
             self.log_paths.append(log_path)
             cmd = serve_command(self.url or "file", self.prefix, data_dir)
             try:
-                srv = start_process(label, self.description, cmd, _UNBROKEN_READY, log_path,
+                srv = start_process(label, self.description, cmd, UNBROKEN_READY, log_path,
                                     timeout=START_TIMEOUT, env=env)
             except RuntimeError as exc:
                 self.skipped = start_failure(_read(log_path), exc)
@@ -613,8 +540,6 @@ class Store:
         notes = []
         for srv in self.servers:
             srv.stop()
-            if srv._drain is not None:
-                srv._drain.join(5)
             if srv.proc is not None and srv.proc.returncode not in (0, None):
                 notes.append(f"{srv.name}: exited with status {srv.proc.returncode}")
         for path in self.log_paths:
@@ -682,7 +607,7 @@ class Bench:
             self.progress.say(f"    {store.name}: FAILED ({store.failed}); not measured further")
             return
         self.progress.say(f"    round {rnd}/{s.rounds} {workload:<6} {store.name:<8} "
-                          f"{_fmt_run(metric, run)}")
+                          f"{fmt_run(metric, run)}")
 
     async def run(self) -> None:
         """Every round: the append workload on each store, then SSE on each."""
@@ -719,16 +644,7 @@ def table_rows(rows: Sequence[Row]) -> list[list[str]]:
 
 def render_table(rows: Sequence[Row]) -> str:
     """The aligned table (numbers right-aligned)."""
-    body = [TABLE_HEADER] + table_rows(rows)
-    widths = [max(len(line[i]) for line in body) for i in range(len(TABLE_HEADER))]
-
-    def line(cells):
-        """One aligned line of the table."""
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    return "\n".join([line(body[0]), "  ".join("-" * w for w in widths)]
-                     + [line(c) for c in body[1:]])
+    return render_columns(TABLE_HEADER, table_rows(rows))
 
 
 def warnings_for(rows: Sequence[Row], fsync_ms: Sequence[float],
@@ -760,17 +676,10 @@ def machine_info(rows: Sequence[Row], load_before, fsync_ms: Sequence[float]) ->
     return {
         "load_average_before": load_before,
         "load_average_after": load_average(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        **platform_info(),
         "fsync_ms": list(fsync_ms),
         "stores": {r.store: {"what": r.description, "servers": list(r.servers)} for r in rows},
     }
-
-
-def _load(values) -> str:
-    return "/".join(f"{x:.2f}" for x in values) if values else "?"
 
 
 def render_text(rows: Sequence[Row], settings: Settings, machine: dict,
@@ -786,8 +695,8 @@ def render_text(rows: Sequence[Row], settings: Settings, machine: dict,
         f"Unbroken stores benchmark{' (--quick)' if s.quick else ''}: Python "
         f"{machine['python']}, {machine['cpu_count']} CPUs shared by the servers, Redis, "
         f"PostgreSQL and the load generator; load average (1/5/15 min) before "
-        f"{_load(machine['load_average_before'])}, after "
-        f"{_load(machine['load_average_after'])}{disk}\n"
+        f"{fmt_load(machine['load_average_before'])}, after "
+        f"{fmt_load(machine['load_average_after'])}{disk}\n"
         f"stores (unbroken serve subprocesses):\n{stores}\n"
         f"appends/s: {s.connections} keep-alive connections (redis-2: {split} on A/B) "
         f"POSTing {s.size} B JSON objects to one stream, closed loop, {s.warmup:g} s "
@@ -804,9 +713,7 @@ def render_text(rows: Sequence[Row], settings: Settings, machine: dict,
     skipped = [f"  {r.store}: {r.skipped}" for r in rows if r.skipped is not None]
     if skipped:
         parts.append("skipped (not measured)\n" + "\n".join(skipped))
-    if warnings:
-        parts.append("warnings\n" + "\n".join(f"  {w}" for w in warnings))
-    return "\n\n".join(parts)
+    return "\n\n".join(parts + render_warnings(warnings))
 
 
 def render_json(rows: Sequence[Row], settings: Settings, machine: dict,
@@ -822,7 +729,7 @@ def render_json(rows: Sequence[Row], settings: Settings, machine: dict,
         "rows": [r.to_json() for r in rows],
         "warnings": list(warnings),
     }
-    return json.dumps(_finite(doc), indent=2, allow_nan=False)
+    return json_text(doc)
 
 
 # ---- entry point ----------------------------------------------------------------------------

@@ -31,6 +31,52 @@ finish, ends live readers with a final event, flushes, and exits 0.
 """
 
 
+#: ``unbroken bench KIND``: the module ``unbroken_benches.KIND`` and its one-line help
+BENCHMARKS = {
+    "engine": "in-process engine benchmarks (appends, reads, recovery)",
+    "http": "HTTP server benchmarks (appends, catch-up reads, SSE latency), "
+            "optionally against the reference server",
+    "stores": "the HTTP server on each store side by side (file, Redis, two "
+              "instances on one Redis, PostgreSQL): appends/s and SSE latency",
+    "onepipe": "the OnePipe layer (Flow, Signal) in each mode of connect(), "
+               "each figure beside a baseline without it",
+}
+
+
+def bench_module(kind: str):
+    """The module of ``unbroken bench KIND`` (imported on first use)."""
+    import importlib
+
+    return importlib.import_module(f"unbroken_benches.{kind}")
+
+
+class _BenchParser(argparse.ArgumentParser):
+    """The parser of one ``unbroken bench KIND``: empty until it parses or
+    shows its help, when the benchmark module is imported and adds its
+    options and description. So ``unbroken serve`` never imports a
+    benchmark, and a benchmark that fails to import breaks only itself."""
+
+    def _load(self) -> None:
+        if getattr(self, "_loaded", False):
+            return
+        self._loaded = True
+        module = bench_module(self.prog.rsplit(" ", 1)[-1])
+        self.description = module.__doc__
+        module.add_arguments(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._load()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._load()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._load()
+        return super().format_usage()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``unbroken`` command."""
     parser = argparse.ArgumentParser(
@@ -41,34 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the HTTP server (default: file store in .onepipe/streams, port 9999)",
         description=SERVE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))
     bench = sub.add_parser("bench", help="measure throughput and latency")
-    bench_sub = bench.add_subparsers(dest="target", required=True)
-    from unbroken_benches import engine as engine_bench
-
-    engine_bench.add_arguments(bench_sub.add_parser(
-        "engine", help="in-process engine benchmarks (appends, reads, recovery)",
-        description=engine_bench.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter))
-    from unbroken_benches import http as http_bench
-
-    http_bench.add_arguments(bench_sub.add_parser(
-        "http", help="HTTP server benchmarks (appends, catch-up reads, SSE latency), "
-                     "optionally against the reference server",
-        description=http_bench.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter))
-    from unbroken_benches import stores as stores_bench
-
-    stores_bench.add_arguments(bench_sub.add_parser(
-        "stores", help="the HTTP server on each store side by side (file, Redis, two "
-                       "instances on one Redis, PostgreSQL): appends/s and SSE latency",
-        description=stores_bench.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter))
-    from unbroken_benches import onepipe as onepipe_bench
-
-    onepipe_bench.add_arguments(bench_sub.add_parser(
-        "onepipe", help="the OnePipe layer (Flow, Signal) in each mode of connect(), "
-                        "each figure beside a baseline without it",
-        description=onepipe_bench.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter))
+    bench_sub = bench.add_subparsers(dest="target", required=True, parser_class=_BenchParser)
+    for kind, help_text in BENCHMARKS.items():
+        bench_sub.add_parser(kind, help=help_text,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import operator as operator_tools
 
     operator_tools.add_verify_arguments(sub.add_parser(
@@ -297,22 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve_main(args)
-    if args.command == "bench" and args.target == "engine":
-        from unbroken_benches import engine as engine_bench
-
-        return engine_bench.run(args)
-    if args.command == "bench" and args.target == "http":
-        from unbroken_benches import http as http_bench
-
-        return http_bench.run(args)
-    if args.command == "bench" and args.target == "stores":
-        from unbroken_benches import stores as stores_bench
-
-        return stores_bench.run(args)
-    if args.command == "bench" and args.target == "onepipe":
-        from unbroken_benches import onepipe as onepipe_bench
-
-        return onepipe_bench.run(args)
+    if args.command == "bench":
+        return bench_module(args.target).run(args)
     if args.command in ("verify", "inspect"):
         from . import operator as operator_tools
 

@@ -4,10 +4,13 @@ real tiny runs through the ``unbroken`` command."""
 import argparse
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
 from unbroken_benches import engine
+from unbroken_benches.harness import options, stats
 from unbroken_benches.engine import KiB, MiB, Result, Sample, Settings
 from unbroken_engine import Durability
 from unbroken_server import cli
@@ -39,13 +42,13 @@ def result(workload, label="x", seconds=(1.0,), ops=1000, nbytes=1_000_000, **pa
     ("64KiB", 65536), ("1MiB", MiB), ("2 M", 2 * MiB), ("100B", 100),
 ])
 def test_parse_size(text, expected):
-    assert engine.parse_size(text) == expected
+    assert options.parse_size(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "abc", "1.5k", "-1", "1GiB", "k", "64 KiB extra"])
 def test_parse_size_rejects(text):
     with pytest.raises(argparse.ArgumentTypeError, match="is not a size"):
-        engine.parse_size(text)
+        options.parse_size(text)
 
 
 def test_sizes_list():
@@ -138,9 +141,9 @@ def test_result_takes_the_median_round():
 
 
 def test_ratio():
-    assert engine.ratio(50, 100) == 0.5
-    assert engine.ratio(1, 0) is None
-    assert engine.ratio(1, math.inf) is None
+    assert stats.ratio(50, 100) == 0.5
+    assert stats.ratio(1, 0) is None
+    assert stats.ratio(1, math.inf) is None
 
 
 def test_next_count_aims_at_the_duration():
@@ -153,7 +156,7 @@ def test_next_count_aims_at_the_duration():
 @pytest.mark.parametrize("n, text", [(64, "64B"), (1024, "1KiB"), (65536, "64KiB"),
                                      (MiB, "1MiB"), (1000, "1000B"), (1536, "1536B")])
 def test_fmt_size(n, text):
-    assert engine.fmt_size(n) == text
+    assert options.fmt_size(n) == text
 
 
 def known_results():
@@ -301,3 +304,31 @@ def test_tiny_text_run(tmp_path, capsys):
     assert "\nworkload  params" in out
     assert "targets (reporting only" in out
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- the bench sub-commands are loaded only when chosen ------------------------------------
+
+def test_serve_does_not_import_the_benchmarks():
+    code = """
+import sys
+from unbroken_server import cli
+try:
+    cli.build_parser().parse_args(["serve", "--help"])
+except SystemExit:
+    pass
+cli.build_parser().parse_args(["serve", "--port", "0"])
+loaded = sorted(m for m in sys.modules if m.startswith("unbroken_benches"))
+assert not loaded, loaded
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_bench_help_is_the_benchmark_s_full_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "http", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: unbroken bench http")
+    assert "How figures are taken" in out and "--compare-reference" in out

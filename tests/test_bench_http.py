@@ -14,8 +14,13 @@ import sys
 import pytest
 
 from unbroken_benches import http as hb
-from unbroken_benches.http import (KiB, Latency, ProtocolError, Response, ResponseParser, Result,
-                                   Run, SSEParser, Settings, Target)
+from unbroken_benches.harness import machine, stats, workloads
+from unbroken_benches.harness.client import ProtocolError, Response, ResponseParser, request_bytes
+from unbroken_benches.harness.options import KiB
+from unbroken_benches.harness.results import Run
+from unbroken_benches.harness.sse import SSEParser
+from unbroken_benches.harness.stats import Latency
+from unbroken_benches.http import Result, Settings, Target
 from unbroken_server import cli
 
 NS = 1_000_000  # one millisecond in nanoseconds
@@ -122,34 +127,34 @@ def test_bad_option_is_an_argparse_error(capsys):
 
 def test_percentile_nearest_rank():
     xs = list(range(1, 101))  # 1..100
-    assert hb.percentile(xs, 50) == 50
-    assert hb.percentile(xs, 99) == 99
-    assert hb.percentile(xs, 99.5) == 100
-    assert hb.percentile(xs, 100) == 100
-    assert hb.percentile(xs, 0) == 1
-    assert hb.percentile([7], 50) == hb.percentile([7], 99) == 7
+    assert stats.percentile(xs, 50) == 50
+    assert stats.percentile(xs, 99) == 99
+    assert stats.percentile(xs, 99.5) == 100
+    assert stats.percentile(xs, 100) == 100
+    assert stats.percentile(xs, 0) == 1
+    assert stats.percentile([7], 50) == stats.percentile([7], 99) == 7
     # never interpolates: every answer is an observed value
-    assert hb.percentile([1, 10], 50) == 1
-    assert hb.percentile([1, 10], 51) == 10
+    assert stats.percentile([1, 10], 50) == 1
+    assert stats.percentile([1, 10], 51) == 10
     ten = [10, 20, 30, 40, 50, 60, 70, 80, 90, 1000]
-    assert hb.percentile(ten, 90) == 90 and hb.percentile(ten, 99) == 1000
+    assert stats.percentile(ten, 90) == 90 and stats.percentile(ten, 99) == 1000
 
 
 @pytest.mark.parametrize("values, p", [([], 50), ([1], -1), ([1], 101)])
 def test_percentile_rejects(values, p):
     with pytest.raises(ValueError):
-        hb.percentile(values, p)
+        stats.percentile(values, p)
 
 
 def test_percentile_with_missing():
     xs = list(range(1, 100))  # 99 observed values, one never arrived
-    assert hb.percentile_with_missing(xs, 1, 50) == (50, False)
-    assert hb.percentile_with_missing(xs, 1, 99) == (99, False)
-    assert hb.percentile_with_missing(xs, 1, 100) == (99, True)  # the max is unknown
+    assert stats.percentile_with_missing(xs, 1, 50) == (50, False)
+    assert stats.percentile_with_missing(xs, 1, 99) == (99, False)
+    assert stats.percentile_with_missing(xs, 1, 100) == (99, True)  # the max is unknown
     # half missing: the p99 is only known to exceed the largest observed value
-    assert hb.percentile_with_missing([1, 2], 2, 99) == (2, True)
-    assert hb.percentile_with_missing([1, 2], 2, 50) == (2, False)
-    assert hb.percentile_with_missing([1, 2], 0, 99) == (2, False)
+    assert stats.percentile_with_missing([1, 2], 2, 99) == (2, True)
+    assert stats.percentile_with_missing([1, 2], 2, 50) == (2, False)
+    assert stats.percentile_with_missing([1, 2], 0, 99) == (2, False)
 
 
 def test_latency_summary_in_ms():
@@ -288,7 +293,7 @@ def test_render_text_and_json():
 
 
 def test_fsync_probe(tmp_path):
-    ms = hb.fsync_probe(str(tmp_path), count=3)
+    ms = machine.fsync_probe(str(tmp_path), count=3)
     assert 0 < ms < 10_000
     assert list(tmp_path.iterdir()) == []
 
@@ -394,10 +399,10 @@ def test_parser_eof_mid_response():
 
 
 def test_request_bytes():
-    raw = hb.request_bytes("POST", "/v1/stream/a", "h:1", [("Content-Type", "text/plain")], b"hi")
+    raw = request_bytes("POST", "/v1/stream/a", "h:1", [("Content-Type", "text/plain")], b"hi")
     assert raw == (b"POST /v1/stream/a HTTP/1.1\r\nHost: h:1\r\nContent-Type: text/plain\r\n"
                    b"Content-Length: 2\r\n\r\nhi")
-    assert hb.request_bytes("GET", "/x", "h:1") == b"GET /x HTTP/1.1\r\nHost: h:1\r\n\r\n"
+    assert request_bytes("GET", "/x", "h:1") == b"GET /x HTTP/1.1\r\nHost: h:1\r\n\r\n"
 
 
 # ---- SSE -----------------------------------------------------------------------------------
@@ -413,8 +418,8 @@ def test_sse_parser(step):
     events = feed_all(p, SSE, step)
     assert events == [(b"data", b'[{"i":0,"t":5},\n{"i":1,"t":6}]'),
                       (b"control", b'{"streamNextOffset":"0000_0042","upToDate":true}')]
-    assert hb.message_stamps(events[0][1]) == [(0, 5), (1, 6)]
-    assert hb._OFFSET_RE.search(events[1][1])[1] == b"0000_0042"
+    assert workloads.message_stamps(events[0][1]) == [(0, 5), (1, 6)]
+    assert workloads._OFFSET_RE.search(events[1][1])[1] == b"0000_0042"
 
 
 def test_sse_parser_crlf_split_between_pieces():
@@ -425,18 +430,18 @@ def test_sse_parser_crlf_split_between_pieces():
 
 
 def test_sse_message_round_trip():
-    body = hb.sse_message(7, hb._T0 + 1234)
+    body = workloads.sse_message(7, workloads._T0 + 1234)
     assert json.loads(body) == {"i": 7, "t": 1234}
-    assert hb.message_stamps(body) == [(7, 1234)]
-    assert hb.message_stamps(b'{"i":-2,"t":99}') == [(-2, 99)]
+    assert workloads.message_stamps(body) == [(7, 1234)]
+    assert workloads.message_stamps(b'{"i":-2,"t":99}') == [(-2, 99)]
 
 
 # ---- workload helpers ------------------------------------------------------------------------
 
 def test_bodies_have_exact_sizes():
     for size in (16, 100, 1024):
-        assert len(hb.json_body(size)) == size
-        json.loads(hb.json_body(size))
+        assert len(workloads.json_body(size)) == size
+        json.loads(workloads.json_body(size))
         assert len(hb.body_for("octet", size)) == size
 
 
@@ -575,7 +580,7 @@ def test_tiny_run_against_the_reference(tmp_path, capsys, node_toolchain):
 
 
 def test_sink_cli_usage(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "unbroken_benches.http", "nonsense"],
+    proc = subprocess.run([sys.executable, "-m", "unbroken_benches.harness.sink", "nonsense"],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2 and "usage" in proc.stderr
 

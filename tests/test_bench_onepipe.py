@@ -13,7 +13,9 @@ import sys
 import pytest
 
 from unbroken_benches import onepipe as ob
-from unbroken_benches.http import Run, Server
+from unbroken_benches.harness import report
+from unbroken_benches.harness.process import Server
+from unbroken_benches.harness.results import Run
 from unbroken_server.onepipe import SeqConflict
 from unbroken_server.onepipe.transport import Batch
 from unbroken_server import cli
@@ -207,7 +209,7 @@ def test_formatting():
     assert ob.fmt_ms(0.0234) == "0.023"
     assert ob.fmt_ms(12.345) == "12.35"
     assert ob.fmt_ms(None) == "-"
-    table = ob.render_table(["mode", "value"], [["inprocess", "1"], ["remote", "1,000"]])
+    table = report.render_table(["mode", "value"], [["inprocess", "1"], ["remote", "1,000"]])
     assert table.splitlines() == ["mode       value", "---------  -----",
                                   "inprocess      1", "remote     1,000"]
 

@@ -75,7 +75,8 @@ def test_engine_plot_writes_a_png(tmp_path, capsys):
 
 def test_http_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
-    from unbroken_benches.http import Result, Run
+    from unbroken_benches.harness.results import Run
+    from unbroken_benches.http import Result
     ms = 1_000_000
     results = [
         Result("append", "1KiB octet c=1", {"size": 1024, "type": "octet", "connections": 1,

@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from unbroken_benches import stores as sb
-from unbroken_benches.http import Run
+from unbroken_benches.harness import process
+from unbroken_benches.harness.results import Run
 from unbroken_server import cli
 
 NS = 1_000_000  # one millisecond in nanoseconds
@@ -97,15 +98,15 @@ def test_prefixes_are_distinct_and_valid():
 
 
 def test_serve_command_and_child_env():
-    cmd = sb.serve_command("redis://h/0", "bench1:", "/d")
+    cmd = process.serve_command("redis://h/0", "bench1:", "/d")
     assert cmd[:4] == [sys.executable, "-m", "unbroken_server", "serve"]
     assert cmd[cmd.index("--store") + 1] == "redis://h/0"
     assert cmd[cmd.index("--store-prefix") + 1] == "bench1:"
     assert "--durability" not in cmd
-    file_cmd = sb.serve_command("file", None, "/d")
+    file_cmd = process.serve_command("file", None, "/d")
     assert "--store-prefix" not in file_cmd
     assert file_cmd[file_cmd.index("--durability") + 1] == "always"
-    assert sb.child_env({"REDIS_URL": "x", "DATABASE_URL": "y", "PATH": "/bin"}) == {
+    assert process.child_env({"REDIS_URL": "x", "DATABASE_URL": "y", "PATH": "/bin"}) == {
         "PATH": "/bin"}
 
 
