@@ -44,14 +44,16 @@ def _method_not_allowed(allow: str) -> Response:
 
 def health(ctx: ServerContext, req: Request) -> Response:
     """``GET /health``: status, store kind, uptime, version, and the load:
-    open connections, live readers, request-body bytes in flight, and how
-    many of each were refused since start-up."""
+    open connections, live readers (and how many of them are parked, waiting
+    for data), request-body bytes in flight, and how many of each were
+    refused since start-up."""
     body = json.dumps({"status": "shutting-down" if ctx.shutting_down else "ok",
                        "store": ctx.store.kind,
                        "uptime": round(time.monotonic() - ctx.started, 3),
                        "version": __version__,
                        "connections": ctx.connections,
                        "live_readers": ctx.live_readers,
+                       "parked_readers": ctx.store.waiting(),
                        "inflight_bytes": ctx.inflight_bytes,
                        "refused": {"connections": ctx.refused_connections,
                                    "live_readers": ctx.refused_live_readers,

@@ -7,7 +7,6 @@ states a roll passes through are built by hand instead (see the last tests).
 """
 from __future__ import annotations
 
-import errno
 import os
 import random
 import signal
@@ -228,41 +227,34 @@ def test_roll_crash_before_the_new_segment(tmp_path):
 
 # ---- a roll that fails --------------------------------------------------------------
 
-def fail_next_segment_creation(monkeypatch, exc):
-    real = nat.NativeSegment.create  # bound to the class
-    failed = []
-
-    def create(*args, **kwargs):
-        if not failed:
-            failed.append(args)
-            raise exc
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(nat.NativeSegment, "create", create)
-    return failed
-
-
 @pytest.mark.parametrize("active", ["empty active segment", "active segment with records"])
-def test_full_disk_at_roll_loses_nothing_acknowledged(tmp_path, monkeypatch, active):
+def test_full_disk_at_roll_loses_nothing_acknowledged(tmp_path, active):
     """The disk is full when a roll creates the next segment: the append that
     needed the roll fails with StorageFull and writes nothing; once there is
-    room again the log takes appends, and every acknowledged one survives."""
+    room again the log takes appends, and every acknowledged one survives.
+    The disk fills through the C core's allocation switch, so the failure
+    takes the real ENOSPC path of segment creation."""
     config = LogConfig(segment_size=4096, index_interval=128, durability=Durability.ALWAYS)
     log = SegmentedLog.open(tmp_path, config)
     acked = []
     if active == "active segment with records":
         acked.append((b"a" * 3000, log.append(b"a" * 3000)))
-    failed = fail_next_segment_creation(
-        monkeypatch, errors.StorageFull(errno.ENOSPC, "No space left on device (injected)"))
+    segments = sorted(p.name for p in tmp_path.iterdir())
     big = b"b" * 5000  # needs a segment of its own
-    with pytest.raises(errors.StorageFull):
-        log.append(big)
-    assert failed, "the append did not roll"
+    nat._test_fail_next_alloc(1)
+    try:
+        with pytest.raises(errors.StorageFull):
+            log.append(big)
+        assert nat._test_fail_next_alloc(0) == 0, "the append allocated nothing"
+    finally:
+        nat._test_fail_next_alloc(0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == segments  # no new or .tmp file
     assert log.end_offset == (acked[-1][1] if acked else 0)
     for p in [b"small", b"c" * 3000, b"d" * 3000, big]:  # rolls again
         off = log.append(p)
         assert log.durable_offset >= off
         acked.append((p, off))
+    assert len(list(tmp_path.glob("*.seg"))) > len(segments)
     want = [(p[:8], len(p), off) for p, off in acked]
     assert [(r.payload[:8], len(r.payload), r.next_offset) for r in log.records()] == want
     log.close()

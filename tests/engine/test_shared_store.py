@@ -73,6 +73,17 @@ async def open_instance(backend, **kw):
     return await PostgresStreamStore.open(url, schema=prefix, **kw)
 
 
+async def until_parked(store, path, n=1, timeout=15):
+    """Return once ``n`` waiters on ``path`` are parked in ``store`` (loaded
+    the row, found nothing, waiting for a notification): an append made
+    after this must reach them through a wake-up."""
+    async def parked():
+        while store.waiting(path) < n:
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(parked(), timeout)
+
+
 async def values(store, path):
     r = await store.read(path)
     return json.loads(bytes(r.data))
@@ -166,7 +177,7 @@ async def test_a_dropped_notification_connection_never_strands_a_waiter(backend)
     try:
         tail = (await a.create("n", CreateOptions(data=b"x"))).meta.next_offset
         waiter = asyncio.ensure_future(b.wait_for_messages("n", tail, 30))
-        await asyncio.sleep(0.1)
+        await until_parked(b, "n")
         await _kill_listener(kind, b)
         await a.append("n", b"y")  # its notification may well be lost
         assert await asyncio.wait_for(waiter, 15) is True
@@ -174,7 +185,7 @@ async def test_a_dropped_notification_connection_never_strands_a_waiter(backend)
         tail = (await b.get("n")).next_offset
         for _ in range(100):
             waiter = asyncio.ensure_future(b.wait_for_messages("n", tail, 30))
-            await asyncio.sleep(0.05)
+            await until_parked(b, "n")
             await a.append("n", b"z")
             assert await asyncio.wait_for(waiter, 15) is True
             if not b._b._listener.done():
@@ -182,7 +193,7 @@ async def test_a_dropped_notification_connection_never_strands_a_waiter(backend)
         t0 = time.monotonic()
         tail = (await b.get("n")).next_offset
         waiter = asyncio.ensure_future(b.wait_for_messages("n", tail, 30))
-        await asyncio.sleep(0.05)
+        await until_parked(b, "n")
         await a.append("n", b"w")
         assert await asyncio.wait_for(waiter, 15) is True
         assert not b._b._listener.done()
@@ -205,7 +216,7 @@ async def test_waiters_woken_together_share_one_backend_read(backend):
             return bytes((await b.read("fan", tail)).data)
 
         waiters = [asyncio.ensure_future(follow()) for _ in range(50)]
-        await asyncio.sleep(0.2)
+        await until_parked(b, "fan", 50)
         loads = []
         real_load = b._b.load
 
@@ -246,16 +257,20 @@ def test_record_cache_serves_only_runs_that_follow_each_other_and_evicts_the_old
 
 async def test_instances_whose_clocks_disagree_agree_on_expiry(backend):
     """A's clock is 20 s ahead, B's 20 s behind: both correct it by the
-    backend's, so a stream that expires in 1 s is there for both, then for neither."""
-    a = await open_instance(backend, local_clock=lambda: time.time() + 20)
-    b = await open_instance(backend, local_clock=lambda: time.time() - 20)
+    backend's, so a stream that expires 10 s from now is there for both (A
+    uncorrected would call it expired), and 15 s later for neither (B
+    uncorrected would still see it). The machine's clock is a fake one that
+    both instances read, so the 15 s pass without sleeping; the margins (5 s)
+    only have to cover the real time between the instances' clock readings."""
+    machine = [time.time()]
+    a = await open_instance(backend, local_clock=lambda: machine[0] + 20)
+    b = await open_instance(backend, local_clock=lambda: machine[0] - 20)
     try:
-        assert abs(a._now() - b._now()) < 1.0
-        expires = datetime.fromtimestamp(a._now() + 1.5, timezone.utc)
+        expires = datetime.fromtimestamp(a._now() + 10, timezone.utc)
         await a.create("e", CreateOptions(expires_at=expires))
         assert (await b.get("e")).path == "e"
         assert (await a.get("e")).path == "e"
-        await asyncio.sleep(2.0)
+        machine[0] += 15
         for store in (a, b):
             with pytest.raises(errors.StreamNotFound):
                 await store.get("e")

@@ -484,6 +484,23 @@ def make_ctx():
     return _make_ctx
 
 
+async def _until_parked(ctx: ServerContext, path: str, n: int = 1,
+                        timeout: float = TIMEOUT) -> None:
+    """Return once ``n`` live readers of ``path`` are parked in the store,
+    waiting for data (``store.waiting``): what a test appends, closes or
+    deletes after is then sure to reach them through the wake-up, not their
+    first read. A reader that never parks fails the test."""
+    with anyio.fail_after(timeout):
+        while ctx.store.waiting(path) < n:
+            await anyio.sleep(0.001)
+
+
+@pytest.fixture
+def until_parked():
+    """``await until_parked(ctx, path, n=1)`` -- see :func:`_until_parked`."""
+    return _until_parked
+
+
 @pytest.fixture(params=["memory", "file"])
 async def store(request, tmp_path, anyio_backend):
     """Each store kind the server runs on; closed after the test."""

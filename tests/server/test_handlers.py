@@ -566,6 +566,7 @@ async def test_health_json(ctx, call, store):
     assert body["store"] == store.kind in ("memory", "file")
     assert isinstance(body["uptime"], (int, float)) and body["uptime"] >= 0
     assert isinstance(body["version"], str) and body["version"]
+    assert (body["live_readers"], body["parked_readers"]) == (0, 0)
     h = await call(ctx, "HEAD", "/health")
     assert h.status == 200 and h.body == b""
     ctx.shutdown()

@@ -358,14 +358,14 @@ async def test_long_poll_returns_data_at_once_when_there_is_some(make_ctx, open_
         assert r.headers["stream-up-to-date"] == "true"
 
 
-async def test_long_poll_wakes_with_200_when_an_append_arrives(make_ctx, open_pair):
+async def test_long_poll_wakes_with_200_when_an_append_arrives(make_ctx, open_pair, until_parked):
     ctx = make_ctx(long_poll_timeout=30)
     await create(ctx, "w", data=b"before;")
     tail = format_offset((await ctx.store.get("w")).next_offset)
     async with open_pair(ctx) as pair:
         for target in (f"w?offset={tail}&live=long-poll", "w?offset=now&live=long-poll"):
             await pair.send_request("GET", S + target)
-            await anyio.sleep(0.05)  # let it park (correctness does not depend on it)
+            await until_parked(ctx, "w")
             r_append = await append(ctx, "w", b"after;")
             r = await pair.read_response(timeout=5)
             assert r.status == 200 and r.body == b"after;"
@@ -387,12 +387,12 @@ async def test_long_poll_on_a_closed_stream_at_its_tail_is_204_at_once(make_ctx,
         assert r.headers["stream-next-offset"] == tail
 
 
-async def test_long_poll_close_while_waiting_ends_it(make_ctx, open_pair):
+async def test_long_poll_close_while_waiting_ends_it(make_ctx, open_pair, until_parked):
     ctx = make_ctx(long_poll_timeout=30)
     await create(ctx, "lw")
     async with open_pair(ctx) as pair:
         await pair.send_request("GET", S + "lw?offset=now&live=long-poll")
-        await anyio.sleep(0.05)
+        await until_parked(ctx, "lw")
         await ctx.store.close_stream("lw")
         r = await pair.read_response(timeout=5)
         assert r.status == 204 and r.headers["stream-closed"] == "true"
@@ -425,40 +425,42 @@ async def test_long_poll_errors(make_ctx, open_pair):
 
 # ---- streams going away under live readers ---------------------------------------------------------------
 
-async def test_long_poll_on_a_stream_deleted_while_waiting_is_404(make_ctx, open_pair):
+async def test_long_poll_on_a_stream_deleted_while_waiting_is_404(make_ctx, open_pair,
+                                                                  until_parked):
     ctx = make_ctx(long_poll_timeout=30)
     await create(ctx, "del")
     async with open_pair(ctx) as pair:
         await pair.send_request("GET", S + "del?offset=now&live=long-poll")
-        await anyio.sleep(0.05)
+        await until_parked(ctx, "del")
         await ctx.store.delete("del")
         r = await pair.read_response(timeout=5)
         assert r.status == 404, (r.status, r.body)
 
 
 async def test_sse_on_a_stream_deleted_while_following_ends_and_server_survives(
-        make_ctx, run_server):
+        make_ctx, run_server, until_parked):
     ctx = make_ctx(shutdown_grace=2)
     await create(ctx, "gone", data=b"x")
     async with run_server(ctx) as server:
         client = await server.connect()
         sse = await client.open_sse(S + "gone?offset=-1&live=sse")
         await sse.read_until(is_up_to_date)
-        await anyio.sleep(0.05)  # the reader is parked, waiting for data
+        await until_parked(ctx, "gone")
         assert (await server.request("DELETE", S + "gone")).status == 204
         await sse.read_to_end()  # the response ends ...
         assert (await server.request("GET", "/health")).status == 200  # ... the server lives
         await client.aclose()
 
 
-async def test_sse_on_a_stream_that_expires_while_following_ends(make_ctx, open_pair):
+async def test_sse_on_a_stream_that_expires_while_following_ends(make_ctx, open_pair,
+                                                                 until_parked):
     now = [1_800_000_000.0]
     ctx = make_ctx(MemoryStreamStore(clock=lambda: now[0]))
     await create(ctx, "ttl", data=b"x", ttl=5)
     async with open_pair(ctx) as pair:
         sse = await pair.open_sse(S + "ttl?offset=-1&live=sse")
         await sse.read_until(is_up_to_date)
-        await anyio.sleep(0.05)  # the reader is parked, waiting for data
+        await until_parked(ctx, "ttl")
         now[0] += 60
         # what serve()'s sweeper does every second (the reader's own next
         # look at the stream may expire it first: the same path either way)
@@ -543,7 +545,7 @@ async def test_slow_sse_reader_is_cut_off_without_slowing_writers(make_ctx, open
 # ---- shutdown ----------------------------------------------------------------------------------------
 
 async def test_shutdown_ends_sse_with_a_final_control_and_a_parked_long_poll_with_204(
-        make_ctx, run_server):
+        make_ctx, run_server, until_parked):
     ctx = make_ctx(long_poll_timeout=30, shutdown_grace=5)
     await create(ctx, "sd", data=b"x")
     async with run_server(ctx) as server:
@@ -554,7 +556,9 @@ async def test_shutdown_ends_sse_with_a_final_control_and_a_parked_long_poll_wit
         await poller.send_request("GET", S + "sd?offset=now&live=long-poll")
         idle = await server.connect()
         assert (await idle.request("GET", "/health")).status == 200
-        await anyio.sleep(0.05)
+        await until_parked(ctx, "sd", 2)  # the SSE reader and the long-poll
+        health = json.loads((await idle.request("GET", "/health")).body)
+        assert (health["live_readers"], health["parked_readers"]) == (2, 2)
         ctx.shutdown()
         events = await sse.read_to_end(timeout=5)
         assert events and events[-1].event == "control"

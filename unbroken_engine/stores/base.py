@@ -584,6 +584,9 @@ class BaseStreamStore(StreamStore):
             if self._notifier.generation != generation:
                 return False  # notify_all(): the store is closing or the server stopping
 
+    def waiting(self, path: str | None = None) -> int:
+        return self._notifier.waiting(path)
+
     # ---- delete, list, sweep, close ------------------------------------------------------
 
     async def delete(self, path: str) -> None:

@@ -335,6 +335,13 @@ class StreamStore(abc.ABC):
         :raises StreamNotFound, StreamSoftDeleted: the stream went away
         """
 
+    @abc.abstractmethod
+    def waiting(self, path: str | None = None) -> int:
+        """How many :meth:`wait_for_messages` calls of this process are parked
+        right now -- found nothing to return and wait for a notification --
+        on ``path``, or (``None``) on any path. For ``/health`` and for tests
+        that must act only once a live reader is parked."""
+
     async def current_offset(self, path: str) -> int:
         """The tail offset."""
         return (await self.get(path)).next_offset

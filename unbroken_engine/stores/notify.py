@@ -18,6 +18,7 @@ class StreamNotifier:
 
     def __init__(self) -> None:
         self._events: dict[str, anyio.Event] = {}
+        self._parked: dict[str, int] = {}  # path -> tasks inside wait()/wait_event()
         #: bumped by :meth:`notify_all`, so a waiter can tell "everybody, stop"
         #: from "your stream changed"
         self.generation = 0
@@ -53,13 +54,10 @@ class StreamNotifier:
             event = self._events[path] = anyio.Event()
         return event
 
-    @staticmethod
-    async def wait_event(event: anyio.Event, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for ``event``; :return: True when set."""
-        with anyio.move_on_after(timeout):
-            await event.wait()
-            return True
-        return False
+    async def wait_event(self, path: str, event: anyio.Event, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``event`` (taken with
+        :meth:`event` for ``path``); :return: True when set."""
+        return await self._parked_wait(path, event, timeout)
 
     async def wait(self, path: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a notification on ``path``.
@@ -69,14 +67,31 @@ class StreamNotifier:
 
         :return: True when notified, False on timeout
         """
-        event = self._events.get(path)
-        if event is None:
-            event = self._events[path] = anyio.Event()
-        with anyio.move_on_after(timeout):
-            await event.wait()
-            return True
-        return False
+        return await self._parked_wait(path, self.event(path), timeout)
 
-    def waiting(self) -> int:
-        """Number of paths somebody is waiting on (for tests and /health)."""
-        return len(self._events)
+    async def _parked_wait(self, path: str, event: anyio.Event, timeout: float) -> bool:
+        self._parked[path] = self._parked.get(path, 0) + 1
+        try:
+            with anyio.move_on_after(timeout):
+                await event.wait()
+                return True
+            return False
+        finally:
+            left = self._parked[path] - 1
+            if left:
+                self._parked[path] = left
+            else:
+                del self._parked[path]
+
+    def waiting(self, path: str | None = None) -> int:
+        """How many tasks are parked in :meth:`wait` or :meth:`wait_event`
+        right now, on ``path`` or (``None``) on any path.
+
+        A parked task has checked its stream and found nothing to return:
+        only a notification (or its timeout) moves it. Tests wait for this
+        count before they append, to prove a reader was woken rather than
+        served by its first look; ``/health`` reports the total.
+        """
+        if path is None:
+            return sum(self._parked.values())
+        return self._parked.get(path, 0)

@@ -969,10 +969,13 @@ class SharedStreamStore(StreamStore):
                 self._keep_woken_row(path, row)
                 return True
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not await self._notifier.wait_event(event, remaining):
+            if remaining <= 0 or not await self._notifier.wait_event(path, event, remaining):
                 return False
             if self._notifier.generation != generation:
                 return False  # notify_all(): the store is closing or the server stopping
+
+    def waiting(self, path: str | None = None) -> int:
+        return self._notifier.waiting(path)
 
     # ---- delete, list, sweep, close ------------------------------------------------------
 
