@@ -1,0 +1,13 @@
+"""Code shared by the test files (importable because pyproject.toml puts
+``tests/`` on ``sys.path``: ``from support.stores import ...``).
+
+Test files run with ``--import-mode=importlib`` and cannot import each other;
+what several of them need lives here, one module per concern:
+
+* :mod:`support.stores` -- stores for tests (every kind, fresh and cleaned up),
+  the fake clock, the "a waiter is parked" poll;
+* :mod:`support.contract` -- the helpers of the store contract suite
+  (tests/engine/contract/).
+
+Fixtures stay in the conftest.py files; they call these modules.
+"""
