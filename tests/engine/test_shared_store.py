@@ -18,22 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from support.stores import (
+    URL_VARS,
+    backend_url,
+    open_shared_store,
+    shared_backend,
+    unique_prefix,
+    until_parked,
+)
 from unbroken_engine import errors
 from unbroken_engine.protocol.producers import ProducerOutcome
 from unbroken_engine.stores.interface import AppendOptions, CreateOptions, Producer
 
 pytestmark = pytest.mark.anyio
-
-URL_VARS = {"redis": "REDIS_URL", "postgres": "DATABASE_URL"}
 
 
 @pytest.fixture
@@ -45,43 +49,14 @@ def anyio_backend():
 def backend(request):
     """``(kind, url, prefix)``; the prefix's keys or schema are dropped after."""
     kind = request.param
-    url = os.environ.get(URL_VARS[kind]) or pytest.skip(
-        f"{URL_VARS[kind]} is not set: no {kind} server to test")
-    prefix = f"sh{uuid.uuid4().hex[:10]}" + (":" if kind == "redis" else "")
+    url = backend_url(kind)
+    prefix = unique_prefix(kind, "sh")
     yield kind, url, prefix
-    asyncio.run(_backend_of(kind, url, prefix).drop_everything())
-
-
-def _backend_of(kind, url, prefix):
-    if kind == "redis":
-        from unbroken_engine.stores.shared.redis import RedisBackend
-
-        return RedisBackend(url, prefix=prefix)
-    from unbroken_engine.stores.shared.postgres import PostgresBackend
-
-    return PostgresBackend(url, schema=prefix)
+    asyncio.run(shared_backend(kind, url, prefix).drop_everything())
 
 
 async def open_instance(backend, **kw):
-    kind, url, prefix = backend
-    if kind == "redis":
-        from unbroken_engine.stores.shared.redis import RedisStreamStore
-
-        return await RedisStreamStore.open(url, prefix=prefix, **kw)
-    from unbroken_engine.stores.shared.postgres import PostgresStreamStore
-
-    return await PostgresStreamStore.open(url, schema=prefix, **kw)
-
-
-async def until_parked(store, path, n=1, timeout=15):
-    """Return once ``n`` waiters on ``path`` are parked in ``store`` (loaded
-    the row, found nothing, waiting for a notification): an append made
-    after this must reach them through a wake-up."""
-    async def parked():
-        while store.waiting(path) < n:
-            await asyncio.sleep(0.001)
-
-    await asyncio.wait_for(parked(), timeout)
+    return await open_shared_store(*backend, **kw)
 
 
 async def values(store, path):

@@ -72,7 +72,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,6 +82,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule, run_state_machine_as_test)
 
+from support.stores import URL_VARS, open_shared_store, unique_prefix
 from unbroken_engine import errors
 from unbroken_engine.stores.file import FileBackedStreamStore
 from unbroken_engine.log import Durability, LogConfig
@@ -110,7 +110,6 @@ stream_model = _load_model()
 StreamModel, media = stream_model.StreamModel, stream_model.media
 
 CONFIG = LogConfig(segment_size=8192, index_interval=256, durability=Durability.ALWAYS)
-URL_VARS = {"redis": "REDIS_URL", "postgres": "DATABASE_URL"}
 
 PATHS = ["a", "b", "f/x", "f/y"]
 CONTENT_TYPES = ["application/octet-stream", "text/plain", "text/plain; charset=utf-8",
@@ -169,7 +168,7 @@ class StoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.kind = kind
         self.dir = tempfile.mkdtemp(prefix="unbroken-model-") if kind == "file" else None
-        self.prefix = f"mdl{uuid.uuid4().hex[:10]}" + (":" if kind == "redis" else "")
+        self.prefix = unique_prefix(kind, "mdl")
         # a day ahead of the OS clock: see the module docstring
         self.now = float(int(time.time())) + 86400.0
         self.model = StreamModel(empty_body_first=kind in URL_VARS)
@@ -193,13 +192,7 @@ class StoreMachine(RuleBasedStateMachine):
         if self.kind == "file":
             return FileBackedStreamStore(self.dir, CONFIG, clock=self.clock)
         url = os.environ[URL_VARS[self.kind]]
-        if self.kind == "redis":
-            from unbroken_engine.stores.shared.redis import RedisStreamStore
-
-            return await RedisStreamStore.open(url, prefix=self.prefix, clock=self.clock)
-        from unbroken_engine.stores.shared.postgres import PostgresStreamStore
-
-        return await PostgresStreamStore.open(url, schema=self.prefix, clock=self.clock)
+        return await open_shared_store(self.kind, url, self.prefix, clock=self.clock)
 
     def call(self, method, *args):
         """Run one operation on the store; the model judges the answer."""

@@ -38,7 +38,9 @@ import anyio.abc
 import h11
 import pytest
 
-from unbroken_engine import FileBackedStreamStore, MemoryStreamStore
+from support.stores import close_test_store, open_test_store, until_parked
+from unbroken_engine import MemoryStreamStore
+from unbroken_engine.log.segmented import LogConfig
 from unbroken_server.app import serve
 from unbroken_server.connection import serve_connection
 from unbroken_server.errors import error_response
@@ -487,31 +489,28 @@ def make_ctx():
 async def _until_parked(ctx: ServerContext, path: str, n: int = 1,
                         timeout: float = TIMEOUT) -> None:
     """Return once ``n`` live readers of ``path`` are parked in the store,
-    waiting for data (``store.waiting``): what a test appends, closes or
-    deletes after is then sure to reach them through the wake-up, not their
-    first read. A reader that never parks fails the test."""
-    with anyio.fail_after(timeout):
-        while ctx.store.waiting(path) < n:
-            await anyio.sleep(0.001)
+    waiting for data (``store.waiting``; :func:`support.stores.until_parked`):
+    what a test appends, closes or deletes after is then sure to reach them
+    through the wake-up, not their first read. A reader that never parks
+    fails the test."""
+    await until_parked(ctx.store, path, n, timeout)
 
 
-@pytest.fixture
-def until_parked():
+@pytest.fixture(name="until_parked")
+def until_parked_fixture():
     """``await until_parked(ctx, path, n=1)`` -- see :func:`_until_parked`."""
     return _until_parked
 
 
 @pytest.fixture(params=["memory", "file"])
 async def store(request, tmp_path, anyio_backend):
-    """Each store kind the server runs on; closed after the test."""
-    if request.param == "memory":
-        s = MemoryStreamStore()
-    else:
-        s = FileBackedStreamStore(tmp_path / "data")
+    """Each store kind the server runs on (the file store in its default
+    configuration); closed after the test."""
+    s = await open_test_store(request.param, tmp_path, config=LogConfig())
     try:
         yield s
     finally:
-        await s.aclose()
+        await close_test_store(s)
 
 
 async def _call(ctx: ServerContext, method: str, target: str, headers=None,

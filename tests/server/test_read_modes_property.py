@@ -38,7 +38,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from unbroken_engine import FileBackedStreamStore, MemoryStreamStore
+from support.stores import close_test_store, open_test_store, skip_unless_runs_on
+from unbroken_engine.log.segmented import LogConfig
 
 TIMEOUT = 30.0  # liveness bound of one example, never a timing assertion
 
@@ -126,31 +127,14 @@ STORE_KINDS = ["memory", "file", "redis", "postgres"]
 
 @pytest.fixture(params=STORE_KINDS)
 async def any_store(request, tmp_path, anyio_backend):
-    """Each kind of store the server runs on; a shared backend's keys or
-    schema are dropped afterwards."""
-    kind = request.param
-    if kind in ("redis", "postgres") and anyio_backend != "asyncio":
-        pytest.skip(f"the {kind} store's driver runs on asyncio only")
-    if kind == "memory":
-        store = MemoryStreamStore()
-    elif kind == "file":
-        store = FileBackedStreamStore(tmp_path / "data")
-    elif kind == "redis":
-        url = os.environ.get("REDIS_URL") or pytest.skip("REDIS_URL is not set: no Redis to test")
-        from unbroken_engine.stores.shared.redis import RedisStreamStore
-        store = await RedisStreamStore.open(url, prefix=f"t{uuid.uuid4().hex[:12]}:")
-    else:
-        url = os.environ.get("DATABASE_URL") or pytest.skip(
-            "DATABASE_URL is not set: no PostgreSQL to test")
-        from unbroken_engine.stores.shared.postgres import PostgresStreamStore
-        store = await PostgresStreamStore.open(url, schema=f"t{uuid.uuid4().hex[:12]}")
+    """Each kind of store the server runs on (the file store in its default
+    configuration); a shared backend's keys or schema are dropped afterwards."""
+    skip_unless_runs_on(request.param, anyio_backend)
+    store = await open_test_store(request.param, tmp_path, config=LogConfig())
     try:
         yield store
     finally:
-        drop = getattr(store, "drop_everything", None)
-        if drop is not None:
-            await drop()
-        await store.aclose()
+        await close_test_store(store)
 
 
 # ---- the read modes, through the handlers ---------------------------------------------------------
