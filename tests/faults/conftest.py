@@ -9,9 +9,9 @@ helpers live here and reach the tests through fixtures:
   when not root or when ``mount -t tmpfs`` is refused (a container without
   CAP_SYS_ADMIN, for instance).
 * ``server_process(data_dir)`` -- ``python -m unbroken_server serve`` on port 0
-  in a subprocess (file store, ``--durability always``); a
-  :class:`ServerProcess` with ``request()``, ``stop()`` and the collected
-  output. Killed at teardown if still running.
+  in a subprocess (file store, ``--durability always``), started: a
+  :class:`support.server.ServerProcess` with ``port``, ``request()``,
+  ``stop()`` and the collected ``output``. Killed at teardown if still running.
 * ``inprocess_server(store, **config)`` -- ``unbroken_server.app.serve`` for
   ``store`` on 127.0.0.1, port 0, in an event loop in a helper thread (anyio's
   blocking portal), so blocking code (``http.client``, raw sockets,
@@ -27,26 +27,18 @@ Every wait is bounded (``TIMEOUT``); no test asserts timing.
 from __future__ import annotations
 
 import functools
-import http.client
 import os
-import queue
-import re
-import signal
 import subprocess
-import sys
-import threading
-import time
-from dataclasses import dataclass
 
 import anyio
 import anyio.from_thread
 import pytest
 
+from support.server import HTTPResult, ServerProcess, http_request
 from unbroken_engine import _native as nat
 
 #: liveness bound for any single wait (never a timing assertion)
 TIMEOUT = 30.0
-START_LINE = re.compile(r"unbroken: serving http://127\.0\.0\.1:(\d+)/v1/stream/ from ")
 
 
 @pytest.fixture(autouse=True)
@@ -121,107 +113,24 @@ def tmpfs(tmp_path):
             subprocess.run(["umount", "-l", str(path)], capture_output=True)  # still busy
 
 
-# ---- HTTP helpers ------------------------------------------------------------------------
-
-@dataclass
-class HTTPResult:
-    status: int
-    headers: dict  # lower-case names
-    body: bytes
-
-
-def http_request(port: int, method: str, target: str, headers=None, body: bytes = b"",
-                 timeout: float = TIMEOUT) -> HTTPResult:
-    """One request on a fresh connection (http.client), response read whole."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, target, body=body or None, headers=headers or {})
-        resp = conn.getresponse()
-        data = resp.read()
-        return HTTPResult(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
-    finally:
-        conn.close()
-
-
 # ---- the real command in a subprocess -------------------------------------------------------
-
-class ServerProcess:
-    """``python -m unbroken_server serve`` in a subprocess; output collected by threads."""
-
-    def __init__(self, *args: str, cwd):
-        self.args = args
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "unbroken_server", "serve", "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-            env={k: v for k, v in os.environ.items()  # the file store, not $REDIS_URL's
-                 if k not in ("REDIS_URL", "DATABASE_URL")})
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._lines: queue.Queue = queue.Queue()
-        self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout,
-                                                                    True), daemon=True),
-                         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr,
-                                                                    False), daemon=True)]
-        for t in self._threads:
-            t.start()
-        self.port = self._wait_started()
-
-    def _pump(self, pipe, sink, announce):
-        for line in pipe:
-            sink.append(line)
-            if announce:
-                self._lines.put(line)
-        if announce:
-            self._lines.put(None)
-
-    def _wait_started(self) -> int:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                line = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                self.proc.kill()
-                raise AssertionError(f"no start-up line; stderr: {''.join(self.stderr)}")
-            if line is None:
-                raise AssertionError(f"server exited: {self.proc.wait()} "
-                                     f"{''.join(self.stdout)} {''.join(self.stderr)}")
-            m = START_LINE.search(line)
-            if m:
-                return int(m.group(1))
-
-    def request(self, method: str, target: str, headers=None, body: bytes = b"") -> HTTPResult:
-        return http_request(self.port, method, target, headers, body)
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        """Signal the server and wait for it; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout=TIMEOUT)
-        for t in self._threads:
-            t.join(timeout=5)
-        return rc
-
-    @property
-    def output(self) -> str:
-        return "".join(self.stdout) + "".join(self.stderr)
-
 
 @pytest.fixture
 def server_process(tmp_path):
-    """Factory: ``server_process(data_dir, *extra_args)`` -> a started :class:`ServerProcess`."""
+    """Factory: ``server_process(data_dir, *extra_args)`` -> a started
+    :class:`support.server.ServerProcess` (port 0, ``--durability always``)."""
     started: list[ServerProcess] = []
 
     def start(data_dir, *extra: str) -> ServerProcess:
-        sp = ServerProcess("--data-dir", str(data_dir), "--durability", "always", *extra,
-                           cwd=tmp_path)
+        sp = ServerProcess("--port", "0", "--data-dir", str(data_dir), "--durability", "always",
+                           *extra, cwd=tmp_path)
         started.append(sp)
+        sp.wait_started(TIMEOUT)
         return sp
 
     yield start
     for sp in started:
-        if sp.proc.poll() is None:
-            sp.proc.kill()
-            sp.proc.wait(timeout=TIMEOUT)
+        sp.close()
 
 
 # ---- the server in this process, on a loop in a helper thread --------------------------------

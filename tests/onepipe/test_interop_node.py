@@ -54,6 +54,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from support.server import tail as _tail
 from unbroken_server.onepipe import Flow, StreamClosed, connect
 
 pytestmark = pytest.mark.anyio
@@ -151,11 +152,6 @@ def assert_same(got: list, expected: list, what: str) -> None:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _tail(lines, n: int = 40) -> str:
-    lines = list(lines)[-n:]
-    return "\n".join("    " + line.rstrip("\n") for line in lines) or "    (no output)"
 
 
 @pytest.fixture

@@ -17,9 +17,7 @@ import asyncio
 import http.client
 import json
 import os
-import queue
 import random
-import re
 import signal
 import socket
 import subprocess
@@ -31,77 +29,15 @@ import uuid
 import anyio
 import pytest
 
+from support.server import ServerProcess, until_parked
+
 S = "/v1/stream/"
-START_LINE = re.compile(r"unbroken: serving http://127\.0\.0\.1:(\d+)/v1/stream/ from ")
-STARTUP_TIMEOUT = 30
-
-
-def _without_shared_store(environ) -> dict:
-    """The environment minus REDIS_URL / DATABASE_URL, which would make
-    ``unbroken serve`` without ``--store`` open a shared store, not the file store."""
-    return {k: v for k, v in environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-
-
-class ServerProcess:
-    """``unbroken serve`` in a subprocess; its output is collected by threads."""
-
-    def __init__(self, *args: str, cwd, env=None):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "unbroken_server", "serve", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-            env={**_without_shared_store(os.environ), **(env or {})})
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._lines: queue.Queue = queue.Queue()
-        self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout,
-                                                                    True), daemon=True),
-                         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr,
-                                                                    False), daemon=True)]
-        for t in self._threads:
-            t.start()
-        self.port = None
-
-    def _pump(self, pipe, sink, announce):
-        for line in pipe:
-            sink.append(line)
-            if announce:
-                self._lines.put(line)
-        if announce:
-            self._lines.put(None)
-
-    def wait_started(self) -> int:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            try:
-                line = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no start-up line; stderr: {''.join(self.stderr)}")
-            if line is None:
-                raise AssertionError(f"server exited: {self.proc.wait()} "
-                                     f"{''.join(self.stdout)} {''.join(self.stderr)}")
-            m = START_LINE.search(line)
-            if m:
-                self.port = int(m.group(1))
-                return self.port
-
-    def wait(self, timeout: float) -> int:
-        rc = self.proc.wait(timeout=timeout)
-        for t in self._threads:
-            t.join(timeout=5)
-        return rc
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.wait(30)
-
-    def output(self) -> str:
-        return "".join(self.stdout) + "".join(self.stderr)
 
 
 @pytest.fixture
 def servers(tmp_path):
-    """Start servers with ``servers(*args)``; every one still running is killed after."""
+    """Start servers with ``servers(*args)`` (a :class:`support.server.ServerProcess`,
+    not yet waited for); every one still running is killed after."""
     started: list[ServerProcess] = []
 
     def start(*args: str, env=None) -> ServerProcess:
@@ -110,9 +46,7 @@ def servers(tmp_path):
         return sp
     yield start
     for sp in started:
-        sp.kill()
-        for pipe in (sp.proc.stdout, sp.proc.stderr):
-            pipe.close()
+        sp.close()
 
 
 def request(port: int, method: str, target: str, headers=None, body: bytes | None = None,
@@ -124,16 +58,6 @@ def request(port: int, method: str, target: str, headers=None, body: bytes | Non
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
-
-
-def until_parked(port: int, n: int = 1, timeout: float = 30) -> None:
-    """Return once the server on ``port`` reports ``n`` live readers parked,
-    waiting for data (``parked_readers`` of ``GET /health``); a reader that
-    never parks fails the test."""
-    deadline = time.monotonic() + timeout
-    while json.loads(request(port, "GET", "/health")[2])["parked_readers"] < n:
-        assert time.monotonic() < deadline, f"fewer than {n} live readers parked"
-        time.sleep(0.005)
 
 
 def read_all(port: int, path: str) -> list:
@@ -303,10 +227,10 @@ def test_sigterm_drains_cleanly(servers, tmp_path, sse_parse):
     writers = Writers(port, "term", 3).start()
     writers.wait_for(30)
     sp.proc.send_signal(signal.SIGTERM)
-    assert sp.wait(timeout=15) == 0, sp.output()
+    assert sp.wait(timeout=15) == 0, sp.output
     writers.join()
     reader.join(timeout=10)
-    assert "stopped cleanly" in "".join(sp.stdout), sp.output()
+    assert "stopped cleanly" in "".join(sp.stdout), sp.output
     assert reader.error is None, reader.error
     assert reader.clean_end, "the SSE response did not end properly"
     events = sse_parse(reader.raw)
@@ -366,7 +290,7 @@ def test_port_in_use_and_bad_env_port_fail_with_a_message(servers):
         assert "cannot listen" in "".join(sp.stderr)
     sp = servers("--store", "memory", env={"ONEPIPE_STREAMS_PORT": "http"})
     assert sp.wait(30) != 0
-    assert "ONEPIPE_STREAMS_PORT" in sp.output()
+    assert "ONEPIPE_STREAMS_PORT" in sp.output
 
 
 def test_a_second_server_on_the_same_data_dir_is_refused(servers, tmp_path):
@@ -374,8 +298,8 @@ def test_a_second_server_on_the_same_data_dir_is_refused(servers, tmp_path):
     port = first.wait_started()
     second = servers("--port", "0", "--data-dir", str(tmp_path / "d"))
     assert second.wait(30) == 1
-    assert "cannot open the store: data directory" in second.output()
-    assert "is in use by another store" in second.output()
+    assert "cannot open the store: data directory" in second.output
+    assert "is in use by another store" in second.output
     assert request(port, "PUT", "/v1/stream/still-served")[0] == 201
 
 

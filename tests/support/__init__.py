@@ -7,7 +7,9 @@ what several of them need lives here, one module per concern:
 * :mod:`support.stores` -- stores for tests (every kind, fresh and cleaned up),
   the fake clock, the "a waiter is parked" poll;
 * :mod:`support.contract` -- the helpers of the store contract suite
-  (tests/engine/contract/).
+  (tests/engine/contract/);
+* :mod:`support.server` -- ``unbroken serve`` (or any server command) in a
+  subprocess, and the HTTP "a live reader is parked" poll.
 
 Fixtures stay in the conftest.py files; they call these modules.
 """
