@@ -68,6 +68,8 @@ from pathlib import Path
 
 import pytest
 
+from support.sse import SSEParser
+
 S = "/v1/stream/"
 JSON_TYPE = {"Content-Type": "application/json"}
 #: liveness bound for any single wait (never a timing assertion)
@@ -822,18 +824,11 @@ class SSEReader(threading.Thread):
         """The values of every complete data event, and whether a complete
         control event said the stream is closed."""
         values, closed = [], False
-        events = self.raw.split(b"\n\n")[:-1]  # the last piece may be cut short
-        for event in events:
-            kind, data = None, []
-            for line in event.split(b"\n"):
-                if line.startswith(b"event:"):
-                    kind = line[6:].strip()
-                elif line.startswith(b"data:"):
-                    data.append(line[5:].removeprefix(b" "))
-            if kind == b"data":
-                values += json.loads(b"\n".join(data))
-            elif kind == b"control":
-                closed = closed or json.loads(b"\n".join(data)).get("streamClosed", False)
+        for event in SSEParser().feed(self.raw):  # not eof: a last event cut short is left out
+            if event.event == "data":
+                values += event.json()
+            elif event.event == "control":
+                closed = closed or event.json().get("streamClosed", False)
         return values, closed
 
 

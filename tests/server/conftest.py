@@ -19,9 +19,10 @@ shared helper lives here and reaches the tests through a fixture:
   :class:`Request`, returning a :class:`Resp` (streaming bodies untouched).
 * ``store`` -- a MemoryStreamStore or a FileBackedStreamStore in tmp_path
   (parametrized), closed at teardown.
-* ``sse_parse(raw)`` -- an SSE parser following the WHATWG rules (lines end
-  at CRLF, CR or LF), so a test sees exactly what a browser would; the
-  :class:`SSEReader` of ``client.open_sse(target)`` uses it chunk by chunk.
+* ``sse_parse(raw)`` -- the SSE parser of tests/support/sse.py, following the
+  WHATWG rules (lines end at CRLF, CR or LF), so a test sees exactly what a
+  browser would; the :class:`SSEReader` of ``client.open_sse(target)`` uses
+  it chunk by chunk.
 
 Every wait has a generous liveness bound (``TIMEOUT``); no test asserts timing.
 """
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -38,6 +38,7 @@ import anyio.abc
 import h11
 import pytest
 
+from support.sse import SSEEvent, SSEParser, parse_sse
 from support.stores import close_test_store, open_test_store, until_parked
 from unbroken_engine import MemoryStreamStore
 from unbroken_engine.log.segmented import LogConfig
@@ -90,7 +91,7 @@ def memory_stream_pair(server_buffer: float = math.inf):
     return MemoryByteStream(c2s_send, s2c_receive), MemoryByteStream(s2c_send, c2s_receive)
 
 
-# ---- responses, SSE ---------------------------------------------------------------------
+# ---- responses --------------------------------------------------------------------------
 
 @dataclass
 class Resp:
@@ -119,71 +120,6 @@ def _resp_headers(pairs) -> tuple[dict, list]:
         items.append((k, v))
         out[k] = f"{out[k]}, {v}" if k in out else v
     return out, items
-
-
-@dataclass
-class SSEEvent:
-    """One dispatched SSE event: ``chunk`` is the index of the HTTP chunk in
-    which its terminating blank line arrived."""
-
-    event: str
-    data: str
-    chunk: int = -1
-
-    def json(self):
-        return json.loads(self.data)
-
-
-class SSEParser:
-    """Incremental WHATWG event-stream parser (lines end at CRLF, CR or LF;
-    one leading space after the colon is stripped; ``:`` lines are comments)."""
-
-    _LINE = re.compile(rb"\r\n|\r|\n")
-
-    def __init__(self):
-        self._buf = b""
-        self._event = ""
-        self._data: list[str] = []
-        self.comments = 0
-
-    def feed(self, data: bytes, chunk: int = -1, eof: bool = False) -> list[SSEEvent]:
-        self._buf += data
-        events = []
-        while True:
-            m = self._LINE.search(self._buf)
-            if m is None:
-                break
-            if m.group() == b"\r" and m.end() == len(self._buf) and not eof:
-                break  # a CR at the end may be the first half of a CRLF
-            line, self._buf = self._buf[:m.start()], self._buf[m.end():]
-            ev = self._line(line.decode("utf-8"), chunk)
-            if ev is not None:
-                events.append(ev)
-        return events
-
-    def _line(self, line: str, chunk: int):
-        if line == "":
-            if not self._data and not self._event:
-                return None
-            ev = SSEEvent(self._event or "message", "\n".join(self._data), chunk)
-            self._event, self._data = "", []
-            return ev
-        if line.startswith(":"):
-            self.comments += 1
-            return None
-        name, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if name == "event":
-            self._event = value
-        elif name == "data":
-            self._data.append(value)
-        return None
-
-
-def parse_sse(raw: bytes) -> list[SSEEvent]:
-    """Every event in ``raw`` (a whole event-stream body)."""
-    return SSEParser().feed(raw, eof=True)
 
 
 # ---- an HTTP/1.1 client on h11 ----------------------------------------------------------------

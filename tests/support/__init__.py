@@ -9,7 +9,8 @@ what several of them need lives here, one module per concern:
 * :mod:`support.contract` -- the helpers of the store contract suite
   (tests/engine/contract/);
 * :mod:`support.server` -- ``unbroken serve`` (or any server command) in a
-  subprocess, and the HTTP "a live reader is parked" poll.
+  subprocess, and the HTTP "a live reader is parked" poll;
+* :mod:`support.sse` -- the WHATWG event-stream parser.
 
 Fixtures stay in the conftest.py files; they call these modules.
 """
