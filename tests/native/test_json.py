@@ -1,70 +1,26 @@
 """Strict JSON validation and array flattening (cext/ub_json.c).
 
-The oracle is Python's own parser in its strictest form (``python_accepts``),
-plus the one rule where we are deliberately stricter than ``json.loads``:
-nesting deeper than ``UB_JSON_MAX_DEPTH`` (512, the top-level container is
-depth 1) is rejected. Like ``json.loads``, lone surrogate escapes
-(``"\\ud800"``, ``"\\udc00"``, a reversed pair) are accepted: RFC 8259 allows
-any ``\\uXXXX`` escape; raw bytes must still be well-formed UTF-8.
+The oracle (tests/support/json_oracle.py, shared with the fuzz target
+tests/faults/fuzz_targets/fuzz_json.py) is Python's own parser in its
+strictest form (``python_accepts``), plus the one rule where we are
+deliberately stricter than ``json.loads``: nesting deeper than
+``UB_JSON_MAX_DEPTH`` (512, the top-level container is depth 1) is rejected.
+Like ``json.loads``, lone surrogate escapes (``"\\ud800"``, ``"\\udc00"``, a
+reversed pair) are accepted: RFC 8259 allows any ``\\uXXXX`` escape; raw
+bytes must still be well-formed UTF-8.
 
-Integers go through ``Decimal`` in the oracle so that Python's 4300-digit
+The oracle keeps numbers as their text, so that Python's 4300-digit
 int-conversion limit does not turn a valid huge number into a rejection.
 """
 import json
-from decimal import Decimal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.json_oracle import DECODER, MAX_DEPTH, WS, loads, python_accepts
 from unbroken_engine import _native
 from unbroken_engine.errors import InvalidJSON
-
-MAX_DEPTH = 512
-WS = b" \t\r\n"
-
-
-# ---- the oracle ---------------------------------------------------------------
-
-class _Obj(tuple):
-    """An object as its (key, value) pairs: keeps duplicate keys and never
-    compares equal to an array (a list)."""
-
-
-def _reject_constant(name):
-    raise ValueError(f"non-standard constant {name}")
-
-
-_DECODER = json.JSONDecoder(parse_int=Decimal, parse_constant=_reject_constant,
-                            object_pairs_hook=_Obj)
-
-
-def _loads(data: bytes):
-    return _DECODER.decode(data.decode("utf-8"))
-
-
-def _depth(value):
-    """Nesting depth of a decoded value. Iterative: values may be deep."""
-    depth = 0
-    stack = [(value, 0)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, _Obj):
-            depth = max(depth, d + 1)
-            stack.extend((item, d + 1) for _, item in v)
-        elif isinstance(v, list):
-            depth = max(depth, d + 1)
-            stack.extend((item, d + 1) for item in v)
-    return depth
-
-
-def python_accepts(data: bytes) -> bool:
-    try:
-        value = _loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return False
-    return _depth(value) <= MAX_DEPTH
-
 
 # ---- calling the native code --------------------------------------------------
 
@@ -89,7 +45,7 @@ def _split_elements(joined: bytes):
     text = joined.decode("utf-8")
     elements, i = [], 0
     while text:
-        _, end = _DECODER.raw_decode(text, i)   # no whitespace skipping here
+        _, end = DECODER.raw_decode(text, i)   # no whitespace skipping here
         elements.append(text[i:end])
         if end == len(text):
             break
@@ -100,7 +56,7 @@ def _split_elements(joined: bytes):
 
 def assert_flatten_round_trips(data: bytes):
     """The properties of a valid document's flatten output."""
-    value = _loads(data)
+    value = loads(data)
     joined, count = _native.json_flatten(data)
     is_array, vcount = _native.json_validate(data)
     assert vcount == count
@@ -112,7 +68,7 @@ def assert_flatten_round_trips(data: bytes):
         return
     assert is_array
     assert count == len(value)
-    assert _loads(b"[" + joined + b"]") == value
+    assert loads(b"[" + joined + b"]") == value
     # Elements are verbatim, in order, non-overlapping substrings of the input.
     elements = _split_elements(joined)
     assert len(elements) == count

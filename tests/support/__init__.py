@@ -10,7 +10,9 @@ what several of them need lives here, one module per concern:
   (tests/engine/contract/);
 * :mod:`support.server` -- ``unbroken serve`` (or any server command) in a
   subprocess, and the HTTP "a live reader is parked" poll;
-* :mod:`support.sse` -- the WHATWG event-stream parser.
+* :mod:`support.sse` -- the WHATWG event-stream parser;
+* :mod:`support.json_oracle` -- the independent strict-JSON oracle (Python's
+  parser) that the C JSON code is judged by.
 
 Fixtures stay in the conftest.py files; they call these modules.
 """

@@ -69,6 +69,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 CEXT = os.path.join(ROOT, "cext")
 CORPUS = os.path.join(HERE, "corpus")
+#: where the Python code atheris instruments lives: the targets, _reference.py
+#: and the oracles in tests/support/ (their branches guide the fuzzer too)
+INSTRUMENTED = (HERE + os.sep, os.path.join(os.path.dirname(os.path.dirname(HERE)), "support")
+                + os.sep)
 SOURCES = ["ub_errors.c", "ub_crc32c.c", "ub_record.c", "ub_segment.c", "ub_json.c"]
 # the exported functions of cext/ub.cdef, less the benchmarks, plus two extras
 EXTRA_CDEF = """
@@ -327,20 +331,23 @@ def private_dir(kind: str, base: str | None = None) -> str:
 
 
 def _instrument(module_globals, skip) -> int:
-    """Let atheris trace the Python functions defined in the target and in
-    _reference.py (their branches guide the fuzzer too)."""
+    """Let atheris trace the Python functions defined in the target, in
+    _reference.py and in the oracles of tests/support/ the target imported
+    (their branches guide the fuzzer too); each function once."""
     import atheris
 
     import _reference
 
-    done = 0
-    for space in (module_globals, vars(_reference)):
+    spaces = [module_globals, vars(_reference)]
+    spaces += [vars(m) for name, m in list(sys.modules.items()) if name.startswith("support.")]
+    seen = set()
+    for space in spaces:
         for name, obj in list(space.items()):
             if isinstance(obj, types.FunctionType) and name not in skip and \
-                    obj.__code__.co_filename.startswith(HERE):
+                    id(obj) not in seen and obj.__code__.co_filename.startswith(INSTRUMENTED):
+                seen.add(id(obj))
                 atheris.instrument_func(obj)
-                done += 1
-    return done
+    return len(seen)
 
 
 def main(test_one_input, seeds, max_len: int, name: str, skip=("crc32c",)) -> None:

@@ -13,9 +13,10 @@ The C code is built with coverage instrumentation by gcc (see
 budget in CI. The seeds are in ``corpus/json/``.
 
 Every input is checked against Python's own parser in its strictest form
-(the oracle of tests/native/test_json.py: RFC 8259, no NaN/Infinity, valid
-UTF-8, lone surrogate escapes accepted as Python does, plus the one rule
-where Unbroken is stricter -- nesting at most 512):
+(tests/support/json_oracle.py, the oracle of tests/native/test_json.py too:
+RFC 8259, no NaN/Infinity, valid UTF-8, lone surrogate escapes accepted as
+Python does, plus the one rule where Unbroken is stricter -- nesting at most
+512):
 
 * ``ub_json_validate`` and ``ub_json_flatten`` accept exactly what the
   oracle accepts, and refuse at the same byte position, within the input;
@@ -29,87 +30,18 @@ where Unbroken is stricter -- nesting at most 512):
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+# tests/, for the oracle in tests/support/json_oracle.py
+sys.path.insert(1, os.path.dirname(os.path.dirname(HERE)))
 import _harness  # noqa: E402
+from support.json_oracle import REFUSED, WS, loads, python_elements, python_value  # noqa: E402
 
-MAX_DEPTH = 512
 MAX_LEN = 1 << 16
 OK, EJSON, ERANGE = 0, -9, -5
-WS = b" \t\r\n"
-
-
-# ---- the oracle (as in tests/native/test_json.py) -------------------------------------
-
-class _Obj(tuple):
-    """An object as its (key, value) pairs (keeps duplicate keys)."""
-
-
-def _reject_constant(name):
-    raise ValueError(f"non-standard constant {name}")
-
-
-_DECODER = json.JSONDecoder(parse_int=str, parse_float=str,  # numbers kept verbatim
-                            parse_constant=_reject_constant, object_pairs_hook=_Obj)
-
-
-def _loads(data: bytes):
-    return _DECODER.decode(data.decode("utf-8"))
-
-
-def _depth(value):
-    depth = 0
-    stack = [(value, 0)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, _Obj):
-            depth = max(depth, d + 1)
-            stack.extend((item, d + 1) for _, item in v)
-        elif isinstance(v, list):
-            depth = max(depth, d + 1)
-            stack.extend((item, d + 1) for item in v)
-    return depth
-
-
-REFUSED = object()
-
-
-def python_value(data: bytes):
-    """The decoded value, or REFUSED when the oracle refuses the text."""
-    try:
-        value = _loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return REFUSED
-    if _depth(value) > MAX_DEPTH:
-        return REFUSED
-    return value
-
-
-def python_elements(data: bytes) -> list:
-    """The elements of an accepted top-level array, verbatim, as Python's
-    parser delimits them (``raw_decode`` from each element's first byte)."""
-    text = data.decode("utf-8")
-    ws = " \t\r\n"
-    i = len(text) - len(text.lstrip(ws))
-    assert text[i] == "["
-    elements = []
-    while True:
-        i += 1
-        while text[i] in ws:
-            i += 1
-        if text[i] == "]" and not elements:
-            return elements
-        _, end = _DECODER.raw_decode(text, i)
-        elements.append(text[i:end].encode("utf-8"))
-        i = end
-        while text[i] in ws:
-            i += 1
-        if text[i] == "]":
-            return elements
-        assert text[i] == ","
 
 
 # ---- the target -------------------------------------------------------------------------
@@ -147,7 +79,7 @@ def test_one_input(data: bytes) -> None:
         assert n.is_array[0] and count == len(value)
         elements = python_elements(data)
         assert joined == b",".join(elements), (joined[:100], elements[:5])
-        assert _loads(b"[" + joined + b"]") == value
+        assert loads(b"[" + joined + b"]") == value
         # the prefix of k elements is the first k elements
         for k in sorted({0, 1, count // 2, count - 1, count} & set(range(count + 1))):
             assert lib.ub_json_prefix(joined, len(joined), k, n.prefix) == OK
