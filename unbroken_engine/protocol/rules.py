@@ -3,9 +3,10 @@
 Every store applies these -- the in-process ones (:mod:`..stores.base`) and
 the shared ones (:mod:`..stores.shared.store`) -- so a rule is written once:
 stream paths, producer headers, create options, the idempotent-``PUT``
-comparison (spec 5.1, closure included), Stream-Seq ordering, and what
-records a create, a fork's sub-offset or an append writes. They take values
-and return values or raise; none touches a log, a backend or a clock.
+comparison (spec 5.1, closure included), Stream-Seq ordering, when a
+stream expires, and what records a create, a fork's sub-offset or an append
+writes. They take values and return values or raise; none touches a log, a
+backend or a clock (the time is passed in).
 """
 from __future__ import annotations
 
@@ -180,6 +181,17 @@ def prefix_record(rec, n: int, json: bool) -> tuple:
         raise errors.InvalidRequest(
             f"fork sub-offset {n} past the message's {len(rec.payload)} bytes")
     return (rec.payload[:n], b"", RecordType.DATA, 1)
+
+
+def is_expired(expires_at: datetime | None, ttl: int | None, last_access: float,
+               now: float) -> bool:
+    """Whether a stream has expired at ``now`` (Unix seconds): an absolute
+    ``Stream-Expires-At`` decides alone; else a ``Stream-TTL`` slides from
+    the last read or write (``last_access``); with neither it never does.
+    """
+    if expires_at is not None:
+        return now >= expires_at.timestamp()
+    return ttl is not None and now >= last_access + ttl
 
 
 def check_stream_seq(last_seq: str | None, seq: str | None) -> None:

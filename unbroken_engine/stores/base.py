@@ -55,6 +55,7 @@ from ..protocol.rules import (
     check_stream_seq,
     created_content_type,
     initial_records,
+    is_expired,
     prefix_record,
 )
 from .interface import (
@@ -228,10 +229,9 @@ class BaseStreamStore(StreamStore):
 
     # ---- lookups, expiry, removal -------------------------------------------------
 
-    def _is_expired(self, s: Stream, now: float) -> bool:
-        if s.expires_at is not None:
-            return now >= s.expires_at.timestamp()
-        return s.ttl is not None and now >= s.last_access + s.ttl
+    @staticmethod
+    def _is_expired(s: Stream, now: float) -> bool:
+        return is_expired(s.expires_at, s.ttl, s.last_access, now)
 
     def _lookup(self, path: str, *, touch: bool = False, soft_ok: bool = False) -> Stream:
         if self._closed:

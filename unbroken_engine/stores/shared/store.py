@@ -86,6 +86,7 @@ from ...protocol.rules import (
     check_stream_seq,
     created_content_type,
     initial_records,
+    is_expired,
     prefix_record,
 )
 from ..base import closed_answer
@@ -502,11 +503,9 @@ class SharedStreamStore(StreamStore):
             return result
         raise errors.BackendUnavailable("too much contention on the backend; try again")
 
-    def _is_expired(self, row: Row, now: float) -> bool:
-        exp = row.expires()
-        if exp is not None:
-            return now >= exp.timestamp()
-        return row.ttl is not None and now >= row.last_access + row.ttl
+    @staticmethod
+    def _is_expired(row: Row, now: float) -> bool:
+        return is_expired(row.expires(), row.ttl, row.last_access, now)
 
     def _live(self, row: Row | None, path: str, now: float, *, soft_ok=False) -> Row:
         """The row if it may be served (not missing, expired or soft-deleted)."""
