@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 
 from .. import _native as nat
 from .. import errors
+from .paging import part_size
 from .segmented import DEFAULT_READ_BYTES, ReadResult, Record, RecordType
 
 _CLOSERS = (RecordType.DATA_CLOSE, RecordType.CLOSE)
@@ -118,9 +119,9 @@ class MemoryLog:
         budget = max_bytes
         while i < len(self._records) and self._offsets[i] < stop:
             rec = self._records[i]
-            need = len(rec.payload) + (1 if json and rec.payload and parts else 0)
+            need = part_size(rec.payload, json, bool(parts))
             if not records:
-                budget = max(budget, need)  # the first record comes whole
+                budget = max(budget, need)  # the first record comes whole (C: its buffer grows)
             if size + need > budget:
                 break
             if rec.payload or not json:

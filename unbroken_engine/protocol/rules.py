@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import msgpack
 
@@ -181,6 +181,25 @@ def prefix_record(rec, n: int, json: bool) -> tuple:
         raise errors.InvalidRequest(
             f"fork sub-offset {n} past the message's {len(rec.payload)} bytes")
     return (rec.payload[:n], b"", RecordType.DATA, 1)
+
+
+async def fork_prefix(record_at: Callable[[int], Awaitable], offset: int, n: int,
+                      json: bool) -> tuple:
+    """The record a fork at ``offset`` with sub-offset ``n`` starts with
+    (:func:`prefix_record`): the sub-offset counts into the first message at
+    or after the fork offset, so records that carry none (a checkpoint, a
+    close) are passed over.
+
+    :param record_at: ``await record_at(at)``: the source's first record at
+        or after ``at`` in its view (``offset``, ``payload``, ``msg_count``,
+        ``next_offset``), or None at its end -- the store's one way to look
+        a record up; this function touches no storage itself
+    :raises InvalidRequest: no message, or ``n`` past its end
+    """
+    rec = await record_at(offset)
+    while rec is not None and rec.msg_count == 0:
+        rec = await record_at(rec.next_offset)
+    return prefix_record(rec, n, json)
 
 
 def is_expired(expires_at: datetime | None, ttl: int | None, last_access: float,

@@ -44,6 +44,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -59,6 +60,7 @@ import anyio
 from ... import _native as nat
 from ... import errors
 from ...protocol import framing
+from ...log.paging import fits, part_size
 from ...log.segmented import RecordType
 from ...protocol.media import is_json, media_type
 from ..notify import StreamNotifier
@@ -85,9 +87,9 @@ from ...protocol.rules import (
     check_same_config,
     check_stream_seq,
     created_content_type,
+    fork_prefix,
     initial_records,
     is_expired,
-    prefix_record,
 )
 from ..base import closed_answer
 
@@ -630,7 +632,8 @@ class SharedStreamStore(StreamStore):
             await self._check_boundary(source, base, "fork offset")
             chain = self._view(source, base)
             if o.fork_sub_offset:
-                records.append(await self._fork_prefix(source, base, o.fork_sub_offset))
+                records.append(await fork_prefix(functools.partial(self._record_at, source),
+                                                 base, o.fork_sub_offset, source.json))
         records.extend(initial_records(content_type, o.data, o.closed))
         ttl, expires_at = o.ttl, o.expires_at
         if source is not None and ttl is None and expires_at is None:
@@ -692,12 +695,6 @@ class SharedStreamStore(StreamStore):
             if recs:
                 return recs[0]
         return None
-
-    async def _fork_prefix(self, source: Row, offset: int, n: int) -> tuple:
-        rec = await self._record_at(source, offset)
-        while rec is not None and rec.msg_count == 0:  # a checkpoint or close
-            rec = await self._record_at(source, rec.next_offset)
-        return prefix_record(rec, n, source.json)
 
     # ---- metadata, append -------------------------------------------------------
 
@@ -896,8 +893,8 @@ class SharedStreamStore(StreamStore):
                         first = False
                         if rec.offset != offset:
                             raise errors.InvalidOffset(offset)
-                    need = len(rec.payload) + (1 if row.json and rec.payload and parts else 0)
-                    if taken and size + need > budget:
+                    need = part_size(rec.payload, row.json, bool(parts))
+                    if not fits(need, budget - size, not taken):
                         return parts, offset
                     if rec.payload:
                         parts.append(rec.payload)
