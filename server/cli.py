@@ -6,15 +6,17 @@ import logging
 import os
 import sys
 
+from unbroken_engine.stores.file import DEFAULT_DATA_DIR
+
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport
     from exceptiongroup import BaseExceptionGroup
 
 SERVE_DESCRIPTION = """\
 Serve streams over HTTP with the Unbroken (Durable Streams) protocol.
 
-Streams live under http://HOST:PORT/v1/stream/{path}; GET /health answers with
+Streams live under http://HOST:PORT/v1/stream/{{path}}; GET /health answers with
 the server's status. With no options the server keeps its data in
-.onepipe/streams/ under the current directory, listens on 127.0.0.1:9999 and
+{data_dir}/ under the current directory, listens on 127.0.0.1:9999 and
 acknowledges an append only once it is on disk.
 
 Examples:
@@ -84,8 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Unbroken: a durable event-stream store (Durable Streams protocol).")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_arguments(sub.add_parser(
-        "serve", help="run the HTTP server (default: file store in .onepipe/streams, port 9999)",
-        description=SERVE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))
+        "serve", help=f"run the HTTP server (default: file store in {DEFAULT_DATA_DIR}, "
+                      f"port 9999)",
+        description=SERVE_DESCRIPTION.format(data_dir=DEFAULT_DATA_DIR),
+        formatter_class=argparse.RawDescriptionHelpFormatter))
     bench = sub.add_parser("bench", help="measure throughput and latency")
     bench_sub = bench.add_subparsers(dest="target", required=True, parser_class=_BenchParser)
     for kind, help_text in BENCHMARKS.items():
@@ -117,7 +121,7 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=None,
                    help="port (default: $ONEPIPE_STREAMS_PORT or 9999; 0 picks a free one)")
-    p.add_argument("--data-dir", default=".onepipe/streams",
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help="where the file store keeps its streams (default: %(default)s)")
     p.add_argument("--store", default=None, metavar="file|memory|URL",
                    help="file: durable, in --data-dir (the default); memory: nothing "

@@ -33,6 +33,7 @@ import uuid
 from pathlib import Path
 
 import anyio
+from unbroken_engine.stores.file import DEFAULT_DATA_DIR
 
 from .errors import DataDirInUse, NoRuntime, OnePipeError
 from .transport import HttpTransport, LocalTransport, Retry, Transport
@@ -43,7 +44,6 @@ __all__ = ["Runtime", "connect", "current_runtime", "resolve_runtime", "MODES", 
 
 MODES = ("inprocess", "embedded", "remote")
 DEFAULT_PORT = 9999
-DEFAULT_DATA_DIR = ".onepipe/streams"
 
 _current: contextvars.ContextVar["Runtime | None"] = contextvars.ContextVar(
     "onepipe_runtime", default=None)
