@@ -8,6 +8,8 @@ import sys
 
 from unbroken_engine.stores.file import DEFAULT_DATA_DIR
 
+from .context import DEFAULT_HOST, DEFAULT_PORT, PORT_ENV, env_port
+
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport
     from exceptiongroup import BaseExceptionGroup
 
@@ -16,7 +18,7 @@ Serve streams over HTTP with the Unbroken (Durable Streams) protocol.
 
 Streams live under http://HOST:PORT/v1/stream/{{path}}; GET /health answers with
 the server's status. With no options the server keeps its data in
-{data_dir}/ under the current directory, listens on 127.0.0.1:9999 and
+{data_dir}/ under the current directory, listens on {host}:{port} and
 acknowledges an append only once it is on disk.
 
 Examples:
@@ -24,9 +26,9 @@ Examples:
   unbroken serve --port 0 --store memory          throwaway, any free port
   unbroken serve --durability interval            faster, may lose ~10 ms of
                                                   appends on a machine crash
-  curl -X PUT localhost:9999/v1/stream/demo -H 'Content-Type: text/plain'
-  curl -X POST localhost:9999/v1/stream/demo -H 'Content-Type: text/plain' -d hi
-  curl 'localhost:9999/v1/stream/demo?offset=-1'
+  curl -X PUT localhost:{port}/v1/stream/demo -H 'Content-Type: text/plain'
+  curl -X POST localhost:{port}/v1/stream/demo -H 'Content-Type: text/plain' -d hi
+  curl 'localhost:{port}/v1/stream/demo?offset=-1'
 
 Stop it with Ctrl-C or SIGTERM: it stops accepting, lets appends in flight
 finish, ends live readers with a final event, flushes, and exits 0.
@@ -87,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_arguments(sub.add_parser(
         "serve", help=f"run the HTTP server (default: file store in {DEFAULT_DATA_DIR}, "
-                      f"port 9999)",
-        description=SERVE_DESCRIPTION.format(data_dir=DEFAULT_DATA_DIR),
+                      f"port {DEFAULT_PORT})",
+        description=SERVE_DESCRIPTION.format(data_dir=DEFAULT_DATA_DIR, host=DEFAULT_HOST,
+                                             port=DEFAULT_PORT),
         formatter_class=argparse.RawDescriptionHelpFormatter))
     bench = sub.add_parser("bench", help="measure throughput and latency")
     bench_sub = bench.add_subparsers(dest="target", required=True, parser_class=_BenchParser)
@@ -108,19 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _env_port() -> int:
-    value = os.environ.get("ONEPIPE_STREAMS_PORT", "9999")
-    try:
-        return int(value)
-    except ValueError:
-        raise SystemExit(f"unbroken: ONEPIPE_STREAMS_PORT must be a port number, not {value!r}")
-
-
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1",
+    p.add_argument("--host", default=DEFAULT_HOST,
                    help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=None,
-                   help="port (default: $ONEPIPE_STREAMS_PORT or 9999; 0 picks a free one)")
+                   help=f"port (default: ${PORT_ENV} or {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help="where the file store keeps its streams (default: %(default)s)")
     p.add_argument("--store", default=None, metavar="file|memory|URL",
@@ -255,7 +250,10 @@ def serve_main(args) -> int:
     from .context import ServerConfig, ServerContext
 
     raise_fd_limit(fds_needed(args.max_connections))
-    port = _env_port() if args.port is None else args.port
+    try:
+        port = env_port() if args.port is None else args.port
+    except ValueError as exc:
+        raise SystemExit(f"unbroken: {exc}") from None
     kind, url, why = choose_store(args.store)
     shared = None
     if kind == "memory":

@@ -35,6 +35,7 @@ from pathlib import Path
 import anyio
 from unbroken_engine.stores.file import DEFAULT_DATA_DIR
 
+from ..context import DEFAULT_HOST, DEFAULT_PORT, env_port
 from .errors import DataDirInUse, NoRuntime, OnePipeError
 from .transport import HttpTransport, LocalTransport, Retry, Transport
 
@@ -43,7 +44,6 @@ log = logging.getLogger("unbroken.onepipe")
 __all__ = ["Runtime", "connect", "current_runtime", "resolve_runtime", "MODES", "DEFAULT_PORT"]
 
 MODES = ("inprocess", "embedded", "remote")
-DEFAULT_PORT = 9999
 
 _current: contextvars.ContextVar["Runtime | None"] = contextvars.ContextVar(
     "onepipe_runtime", default=None)
@@ -67,15 +67,6 @@ def resolve_runtime(rt: "Runtime | None") -> "Runtime":
     return rt if rt is not None else current_runtime()
 
 
-def _env_port(environ) -> int:
-    raw = environ.get("ONEPIPE_STREAMS_PORT", "")
-    if not raw:
-        return DEFAULT_PORT
-    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
-        raise OnePipeError(f"ONEPIPE_STREAMS_PORT must be a port number, not {raw!r}")
-    return int(raw)
-
-
 class Runtime:
     """An open connection to streams (see the module doc). Use :func:`connect`.
 
@@ -87,7 +78,7 @@ class Runtime:
     """
 
     def __init__(self, mode: str, *, url: str | None = None, port: int | None = None,
-                 host: str = "127.0.0.1", data_dir=None, store=None, retry_for: float = 30.0,
+                 host: str = DEFAULT_HOST, data_dir=None, store=None, retry_for: float = 30.0,
                  instance: str | None = None):
         if mode not in MODES:
             raise OnePipeError(f"unknown mode {mode!r}: one of {', '.join(MODES)}")
@@ -187,7 +178,7 @@ class Runtime:
 
 
 def connect(mode: str | None = None, *, url: str | None = None, port: int | None = None,
-            data_dir=None, store=None, host: str = "127.0.0.1", retry_for: float = 30.0,
+            data_dir=None, store=None, host: str = DEFAULT_HOST, retry_for: float = 30.0,
             instance: str | None = None, environ=None) -> Runtime:
     """A :class:`Runtime`, to open with ``async with``.
 
@@ -216,7 +207,10 @@ def connect(mode: str | None = None, *, url: str | None = None, port: int | None
         else:
             mode = env.get("ONEPIPE_STREAMS_MODE") or "embedded"
     if port is None:
-        port = _env_port(env)
+        try:
+            port = env_port(env)
+        except ValueError as exc:
+            raise OnePipeError(str(exc)) from None
     return Runtime(mode, url=url, port=port, host=host, data_dir=data_dir, store=store,
                    retry_for=retry_for, instance=instance)
 
