@@ -34,6 +34,7 @@ from pathlib import Path
 
 import anyio
 from unbroken_engine.stores.file import DEFAULT_DATA_DIR
+from unbroken_engine.stores.sync import BlockingLoop
 
 from ..context import DEFAULT_HOST, DEFAULT_PORT, env_port
 from .errors import DataDirInUse, NoRuntime, OnePipeError
@@ -247,28 +248,21 @@ class _EmbeddedServer:
 
     def __init__(self, host: str, port: int, data_dir: Path):
         self.host, self.port, self.data_dir = host, port, data_dir
-        self._portal_cm = None
-        self._portal = None
+        self._loop = None
         self._ctx = None
         self._done = None
 
     def start(self) -> str:
         """Open the store and bind; :return: the server's URL.
         :raises OSError: the port is taken (errno EADDRINUSE)"""
-        from anyio.from_thread import start_blocking_portal
-
         if self.port:  # taken? then find out before opening the store another may serve
             with socket.socket() as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((self.host, self.port))
-        self._portal_cm = start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
-        try:
-            self._done, port = self._portal.start_task(self._run)
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
-            self._portal = None
-            raise
+        loop = BlockingLoop()
+        with loop.stop_on_error():
+            self._done, port = loop.start_task(self._run)
+        self._loop = loop
         self.port = port
         return f"http://{self.host}:{port}"
 
@@ -289,12 +283,12 @@ class _EmbeddedServer:
 
     def stop(self) -> None:
         """Shut the server down gracefully and close its store."""
-        if self._portal is None:
+        if self._loop is None:
             return
         try:
-            self._portal.call(self._ctx.shutdown)
+            self._loop.call(self._ctx.shutdown)
             self._done.result(timeout=30)
         finally:
-            self._portal_cm.__exit__(None, None, None)
-            self._portal = None
+            self._loop.stop()
+            self._loop = None
 
