@@ -365,14 +365,6 @@ def _meta_fields_problem(meta: dict) -> str | None:
 
 # ---- segment scans ------------------------------------------------------------------------
 
-def _all_zero_file(path) -> bool:
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            if chunk.count(0) != len(chunk):
-                return False
-    return True
-
-
 _names = itertools.count()
 
 
@@ -531,10 +523,7 @@ def _check_stream(folder: Path, tmp: str, tick: Progress | None = None) -> _Chec
             c.issues.append(Issue(NOTE, "bytes cut by an earlier forced repair are kept here "
                                   "(delete it when no longer needed)", str(folder / name)))
     bases = layout.list_segments(folder)
-    while bases:  # trailing files whose header never reached the disk
-        path = folder / layout.segment_name(bases[-1])
-        if not _all_zero_file(path):
-            break
+    for path in layout.unwritten_tail(folder, bases):
         c.unwritten.append(path)
         c.issues.append(Issue(WARNING, "segment file never written (only zeros; removed by "
                               "--repair or the next open)", str(path), 0, SAFE))
@@ -933,8 +922,7 @@ class _ReadOnlyLog:
         self.infos: list[SegmentInfo] = []
         self.error: str | None = None
         bases = layout.list_segments(folder)
-        while bases and _all_zero_file(folder / layout.segment_name(bases[-1])):
-            bases.pop()
+        del bases[len(bases) - len(layout.unwritten_tail(folder, bases)):]
         if not bases:
             self.error = "no segment files"
         for i, base in enumerate(bases):
