@@ -14,9 +14,9 @@
         flag.set(True)
 
 The runtime runs on an event loop in a background thread (the engine's
-:class:`~unbroken_engine.stores.sync.BlockingLoop`); every method of a built object blocks until its coroutine is done,
-and async iterators become ordinary iterators. Channel handlers run on that
-thread's loop.
+:class:`~unbroken_engine.stores.sync.BlockingLoop`); every method of a built
+object blocks until its coroutine is done, and async iterators become
+ordinary iterators. Channel handlers run on that thread's loop.
 """
 from __future__ import annotations
 
