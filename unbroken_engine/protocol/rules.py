@@ -145,6 +145,17 @@ def created_content_type(o: CreateOptions, source) -> str:
     return content_type
 
 
+def created_expiry(o: CreateOptions, inherited: tuple | None) -> tuple:
+    """The ``(ttl, expires_at)`` a create gives its stream: the ones asked
+    for; a fork that asks for neither keeps its source's.
+
+    :param inherited: the fork source's ``(ttl, expires_at)``, or None (not a fork)
+    """
+    if inherited is not None and o.ttl is None and o.expires_at is None:
+        return inherited
+    return o.ttl, o.expires_at
+
+
 def initial_records(content_type: str, data: bytes, closed: bool) -> list[tuple]:
     """The records a create writes: its initial data (JSON flattened) and/or
     its close, as ``(payload, attrs, type, msg_count)``.

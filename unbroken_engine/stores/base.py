@@ -56,6 +56,7 @@ from ..protocol.rules import (
     check_same_config,
     check_stream_seq,
     created_content_type,
+    created_expiry,
     fork_prefix,
     initial_records,
     is_expired,
@@ -346,9 +347,8 @@ class BaseStreamStore(StreamStore):
                 records.append(await fork_prefix(functools.partial(self._record_at, source),
                                                  base, o.fork_sub_offset, source.json))
         records.extend(initial_records(content_type, o.data, o.closed))
-        ttl, expires_at = o.ttl, o.expires_at
-        if source is not None and ttl is None and expires_at is None:
-            ttl, expires_at = source.ttl, source.expires_at
+        inherited = None if source is None else (source.ttl, source.expires_at)
+        ttl, expires_at = created_expiry(o, inherited)
         now = self._clock()
         requested = Requested(None if o.content_type is None else media_type(o.content_type),
                                o.ttl, o.expires_at, o.fork_from, base if source else None,

@@ -87,6 +87,7 @@ from ...protocol.rules import (
     check_same_config,
     check_stream_seq,
     created_content_type,
+    created_expiry,
     fork_prefix,
     initial_records,
     is_expired,
@@ -449,8 +450,14 @@ class SharedStreamStore(StreamStore):
         self.description = backend.description
 
     async def _start(self) -> "SharedStreamStore":
-        await self._b.start(self._notifier.notify, self._on_reconnect)
-        await self._measure_clock()
+        """Start the backend and the clock; a store that fails to start
+        closes its backend (what every ``open`` of a backend's store does)."""
+        try:
+            await self._b.start(self._notifier.notify, self._on_reconnect)
+            await self._measure_clock()
+        except BaseException:
+            await self._b.close()
+            raise
         if self._fixed_clock is None:
             self._clock_task = asyncio.get_running_loop().create_task(self._clock_loop())
         return self
@@ -635,9 +642,8 @@ class SharedStreamStore(StreamStore):
                 records.append(await fork_prefix(functools.partial(self._record_at, source),
                                                  base, o.fork_sub_offset, source.json))
         records.extend(initial_records(content_type, o.data, o.closed))
-        ttl, expires_at = o.ttl, o.expires_at
-        if source is not None and ttl is None and expires_at is None:
-            ttl, expires_at = source.ttl, source.expires()
+        inherited = None if source is None else (source.ttl, source.expires())
+        ttl, expires_at = created_expiry(o, inherited)
         row = Row(path=path, rid=uuid.uuid4().hex, content_type=content_type, created_at=now,
                   last_access=now, ttl=ttl,
                   expires_at=expires_at.isoformat() if expires_at else None,
