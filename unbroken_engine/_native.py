@@ -134,6 +134,13 @@ def crc_unmask(masked: int) -> int:
     return lib.ub_crc_unmask(masked)
 
 
+def record_size(attrs_len: int, payload_len: int) -> int:
+    """The bytes a record takes in a segment, which is also how far it moves
+    the log offset: header, attrs and payload (``ub_record_size``, in Python
+    so the hot paths need no C call)."""
+    return REC_HEADER_SIZE + attrs_len + payload_len
+
+
 @dataclass(frozen=True)
 class DecodedRecord:
     """One record as the decoder saw it; positions are into the given buffer."""

@@ -126,6 +126,11 @@ def test_native_reexport_agrees_with_ub_format_h(exported, name):
     assert getattr(nat, exported) == FORMAT[name]
 
 
+@pytest.mark.parametrize("attrs_len, payload_len", [(0, 0), (3, 0), (0, 1 << 20), (65535, 7)])
+def test_record_size_is_the_c_one(attrs_len, payload_len):
+    assert nat.record_size(attrs_len, payload_len) == lib.ub_record_size(attrs_len, payload_len)
+
+
 def test_verify_struct_layouts_have_the_c_sizes():
     # unbroken_engine.tools.verify reads index files and record headers with
     # struct formats; their sizes and positions must be ub_format.h's.

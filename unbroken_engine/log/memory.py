@@ -59,7 +59,7 @@ class MemoryLog:
         if len(payload) > nat.MAX_PAYLOAD or len(attrs) > nat.MAX_ATTRS:
             raise errors.RecordTooLarge("record over the format's limits")
         start = self._end
-        end = start + nat.REC_HEADER_SIZE + len(attrs) + len(payload)
+        end = start + nat.record_size(len(attrs), len(payload))
         self._offsets.append(start)
         self._msg_before.append(self._messages)
         self._records.append(Record(start, RecordType(type), msg_count, attrs, payload, end))

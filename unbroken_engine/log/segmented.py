@@ -318,7 +318,7 @@ class SegmentedLog:
             seg = self._active
             end = seg.native.append(type, msg_count, attrs, payload)
             if end < 0:
-                seg = self._roll(nat.REC_HEADER_SIZE + len(attrs) + len(payload))
+                seg = self._roll(nat.record_size(len(attrs), len(payload)))
                 end = seg.native.append(type, msg_count, attrs, payload)
                 if end < 0:
                     raise errors.RecordTooLarge("record does not fit an empty segment")
@@ -371,7 +371,7 @@ class SegmentedLog:
                 i += done
                 if not full:
                     break
-                seg = self._roll(nat.REC_HEADER_SIZE + lens[i])
+                seg = self._roll(nat.record_size(0, lens[i]))
             off = seg.base + end - HEADER
             self._written = off
             return off

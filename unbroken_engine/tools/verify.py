@@ -468,7 +468,7 @@ def _record_starts(data: bytes):
             REC_HEADER_FIELDS.unpack_from(data, pos)
         yield pos, msgs
         msgs += count
-        pos += REC_HEADER + attrs_len + payload_len
+        pos += nat.record_size(attrs_len, payload_len)
 
 
 # ---- checking one stream --------------------------------------------------------------------

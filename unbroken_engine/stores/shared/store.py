@@ -285,7 +285,7 @@ class Rec:
     @property
     def next_offset(self) -> int:
         """The offset after this record (the file store's arithmetic)."""
-        return self.offset + nat.REC_HEADER_SIZE + len(self.attrs) + len(self.payload)
+        return self.offset + nat.record_size(len(self.attrs), len(self.payload))
 
     def __repr__(self) -> str:
         return f"Rec({self.offset}, type={self.type}, {len(self.payload)} bytes)"
