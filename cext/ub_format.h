@@ -16,7 +16,7 @@
  *     0  crc         u32      masked CRC32C of bytes [4, 16 + attrs + payload)
  *     4  payload len u32
  *     8  attrs len   u16
- *    10  type        u8       UB_REC_*
+ *    10  type        u8       UB_REC_* (at UB_REC_TYPE_POS)
  *    11  flags       u8       zero (reserved)
  *    12  msg count   u32      messages carried by the payload
  *    16  attrs       attrs len bytes (a small msgpack map, opaque to C)
@@ -39,7 +39,9 @@
 #define UB_SEG_HEADER_SIZE 64
 #define UB_SEG_HEADER_CRC_POS 60
 #define UB_REC_HEADER_SIZE 16
+#define UB_REC_TYPE_POS 10     /* the type byte; the flags byte follows it */
 #define UB_IDX_HEADER_SIZE 64
+#define UB_IDX_HEADER_CRC_POS 60
 #define UB_IDX_ENTRY_SIZE 8
 
 /* Record types. 0 is never written: a zero-filled header is "no record". */

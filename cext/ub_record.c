@@ -46,8 +46,8 @@ int ub_record_encode(uint8_t *buf, size_t cap, uint32_t type, uint32_t msg_count
     put32(buf + 4, (uint32_t)payload_len);
     buf[8] = (uint8_t)attrs_len;
     buf[9] = (uint8_t)(attrs_len >> 8);
-    buf[10] = (uint8_t)type;
-    buf[11] = 0;
+    buf[UB_REC_TYPE_POS] = (uint8_t)type;
+    buf[UB_REC_TYPE_POS + 1] = 0;
     put32(buf + 12, msg_count);
     if (attrs_len)
         memcpy(buf + UB_REC_HEADER_SIZE, attrs, attrs_len);
@@ -68,13 +68,13 @@ int ub_record_peek(const uint8_t *buf, size_t len, size_t pos, ub_record *out,
     const uint8_t *h = buf + pos;
     uint32_t payload_len = get32(h + 4);
     uint32_t attrs_len = (uint32_t)h[8] | (uint32_t)h[9] << 8;
-    uint32_t type = h[10];
+    uint32_t type = h[UB_REC_TYPE_POS];
     if (type == UB_REC_ZERO) {
         static const uint8_t zero[UB_REC_HEADER_SIZE];
         *reason = memcmp(h, zero, UB_REC_HEADER_SIZE) ? "bad record type" : "zero header";
         return UB_ECORRUPT;
     }
-    if (type > UB_REC_MAX_TYPE || h[11] != 0) {
+    if (type > UB_REC_MAX_TYPE || h[UB_REC_TYPE_POS + 1] != 0) {
         *reason = "bad record type";
         return UB_ECORRUPT;
     }

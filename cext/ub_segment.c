@@ -272,7 +272,7 @@ static int all_zero(const uint8_t *p, uint64_t n)
 static int valid_record_after(const uint8_t *map, uint64_t from, uint64_t to)
 {
     for (uint64_t p = from + 1; p + UB_REC_HEADER_SIZE <= to; p++) {
-        uint8_t type = map[p + 10];
+        uint8_t type = map[p + UB_REC_TYPE_POS];
         if (type == UB_REC_ZERO || type > UB_REC_MAX_TYPE || map[p + 11] != 0)
             continue;
         ub_record rec;
@@ -487,8 +487,8 @@ fail:
 
 /* ---- index file -------------------------------------------------------- */
 /* Layout: magic[8] | version u32 | entries u32 | data end u64 | records u64 |
- * messages u64 | last type u32 | reserved | crc u32 at 60 (masked, of header
- * bytes [0,60) extended by the entries) | entries (pos u32, msg u32)...
+ * messages u64 | last type u32 | reserved | crc u32 at UB_IDX_HEADER_CRC_POS
+ * (masked, of the header bytes before it extended by the entries) | entries (pos u32, msg u32)...
  * Everything read back is checked against the segment before it is used. */
 
 static int index_write(const ub_segment *s, const char *idx_path)
@@ -511,8 +511,8 @@ static int index_write(const ub_segment *s, const char *idx_path)
         put32(buf + 8 * (size_t)i, s->idx[i].pos);
         put32(buf + 8 * (size_t)i + 4, s->idx[i].msg);
     }
-    uint32_t crc = ub_crc32c_extend(ub_crc32c(h, 60), buf, body);
-    put32(h + 60, ub_crc_mask(crc));
+    uint32_t crc = ub_crc32c_extend(ub_crc32c(h, UB_IDX_HEADER_CRC_POS), buf, body);
+    put32(h + UB_IDX_HEADER_CRC_POS, ub_crc_mask(crc));
 
     size_t plen = strlen(idx_path);
     char *tmp = malloc(plen + 5);
@@ -591,8 +591,9 @@ static int index_load(ub_segment *s, const char *idx_path, uint64_t size)
     buf = malloc((size_t)n * UB_IDX_ENTRY_SIZE);
     if (!buf || read_exact(fd, buf, (size_t)n * UB_IDX_ENTRY_SIZE) != 0)
         goto out;
-    uint32_t crc = ub_crc32c_extend(ub_crc32c(h, 60), buf, (size_t)n * UB_IDX_ENTRY_SIZE);
-    if (ub_crc_unmask(get32(h + 60)) != crc)
+    uint32_t crc = ub_crc32c_extend(ub_crc32c(h, UB_IDX_HEADER_CRC_POS), buf,
+                                    (size_t)n * UB_IDX_ENTRY_SIZE);
+    if (ub_crc_unmask(get32(h + UB_IDX_HEADER_CRC_POS)) != crc)
         goto out;
     if (index_alloc(s, n) != UB_OK)
         goto out;
@@ -785,8 +786,8 @@ static int append_one(ub_segment *s, uint32_t type, uint32_t msg_count,
     put32(h + 4, (uint32_t)payload_len);
     h[8] = (uint8_t)attrs_len;
     h[9] = (uint8_t)(attrs_len >> 8);
-    h[10] = (uint8_t)type;
-    h[11] = 0;
+    h[UB_REC_TYPE_POS] = (uint8_t)type;
+    h[UB_REC_TYPE_POS + 1] = 0;
     put32(h + 12, msg_count);
     uint32_t crc = ub_crc32c(h + 4, UB_REC_HEADER_SIZE - 4);
     if (attrs_len)

@@ -6,25 +6,31 @@ import logging
 import os
 import sys
 
+from unbroken_engine.stores.file import DEFAULT_DATA_DIR
+
+from unbroken_engine.log import Durability, LogConfig
+
+from .context import DEFAULT_HOST, DEFAULT_PORT, PORT_ENV, ServerConfig, env_port
+
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport
     from exceptiongroup import BaseExceptionGroup
 
 SERVE_DESCRIPTION = """\
 Serve streams over HTTP with the Unbroken (Durable Streams) protocol.
 
-Streams live under http://HOST:PORT/v1/stream/{path}; GET /health answers with
+Streams live under http://HOST:PORT/v1/stream/{{path}}; GET /health answers with
 the server's status. With no options the server keeps its data in
-.onepipe/streams/ under the current directory, listens on 127.0.0.1:9999 and
+{data_dir}/ under the current directory, listens on {host}:{port} and
 acknowledges an append only once it is on disk.
 
 Examples:
   unbroken serve                                  the embedded default
   unbroken serve --port 0 --store memory          throwaway, any free port
-  unbroken serve --durability interval            faster, may lose ~10 ms of
+  unbroken serve --durability interval            faster, may lose ~{flush} of
                                                   appends on a machine crash
-  curl -X PUT localhost:9999/v1/stream/demo -H 'Content-Type: text/plain'
-  curl -X POST localhost:9999/v1/stream/demo -H 'Content-Type: text/plain' -d hi
-  curl 'localhost:9999/v1/stream/demo?offset=-1'
+  curl -X PUT localhost:{port}/v1/stream/demo -H 'Content-Type: text/plain'
+  curl -X POST localhost:{port}/v1/stream/demo -H 'Content-Type: text/plain' -d hi
+  curl 'localhost:{port}/v1/stream/demo?offset=-1'
 
 Stop it with Ctrl-C or SIGTERM: it stops accepting, lets appends in flight
 finish, ends live readers with a final event, flushes, and exits 0.
@@ -84,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Unbroken: a durable event-stream store (Durable Streams protocol).")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_arguments(sub.add_parser(
-        "serve", help="run the HTTP server (default: file store in .onepipe/streams, port 9999)",
-        description=SERVE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter))
+        "serve", help=f"run the HTTP server (default: file store in {DEFAULT_DATA_DIR}, "
+                      f"port {DEFAULT_PORT})",
+        description=SERVE_DESCRIPTION.format(data_dir=DEFAULT_DATA_DIR, host=DEFAULT_HOST,
+                                             port=DEFAULT_PORT,
+                                             flush=_ms(LOG_DEFAULTS.flush_interval)),
+        formatter_class=argparse.RawDescriptionHelpFormatter))
     bench = sub.add_parser("bench", help="measure throughput and latency")
     bench_sub = bench.add_subparsers(dest="target", required=True, parser_class=_BenchParser)
     for kind, help_text in BENCHMARKS.items():
@@ -104,20 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _env_port() -> int:
-    value = os.environ.get("ONEPIPE_STREAMS_PORT", "9999")
-    try:
-        return int(value)
-    except ValueError:
-        raise SystemExit(f"unbroken: ONEPIPE_STREAMS_PORT must be a port number, not {value!r}")
-
-
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1",
+    p.add_argument("--host", default=DEFAULT_HOST,
                    help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=None,
-                   help="port (default: $ONEPIPE_STREAMS_PORT or 9999; 0 picks a free one)")
-    p.add_argument("--data-dir", default=".onepipe/streams",
+                   help=f"port (default: ${PORT_ENV} or {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help="where the file store keeps its streams (default: %(default)s)")
     p.add_argument("--store", default=None, metavar="file|memory|URL",
                    help="file: durable, in --data-dir (the default); memory: nothing "
@@ -127,28 +129,59 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store-prefix", default=None, metavar="NAME",
                    help="Redis key prefix (default 'unbroken:') or PostgreSQL schema "
                         "(default 'unbroken') of a shared store")
-    p.add_argument("--durability", default="always", choices=["always", "interval", "never"],
-                   help="always: ack after fdatasync, shared by concurrent appends (default); "
-                        "interval: flush every 10 ms, ack before; never: the OS decides")
-    p.add_argument("--long-poll-timeout", type=float, default=2.0, metavar="SECONDS",
+    p.add_argument("--durability", default=LOG_DEFAULTS.durability.value,
+                   choices=[d.value for d in Durability],
+                   help=f"always: ack after fdatasync, shared by concurrent appends; "
+                        f"interval: flush every {_ms(LOG_DEFAULTS.flush_interval)}, ack before; "
+                        f"never: the OS decides (default: %(default)s)")
+    p.add_argument("--long-poll-timeout", type=float, default=SERVER_DEFAULTS.long_poll_timeout,
+                   metavar="SECONDS",
                    help="how long a long-poll waits before 204 (default: %(default)s)")
-    p.add_argument("--max-body", type=int, default=16 << 20, metavar="BYTES",
-                   help="largest request body; larger gets 413 (default: %(default)s = 16 MiB)")
-    p.add_argument("--max-connections", type=_positive_int, default=4096, metavar="N",
+    p.add_argument("--max-body", type=int, default=SERVER_DEFAULTS.max_body, metavar="BYTES",
+                   help=f"largest request body; larger gets 413 (default: %(default)s = "
+                        f"{_mib(SERVER_DEFAULTS.max_body)})")
+    p.add_argument("--max-connections", type=_positive_int,
+                   default=SERVER_DEFAULTS.max_connections, metavar="N",
                    help="open connections served at once; one more gets 503 with Retry-After "
                         "and is closed (default: %(default)s; lowered to fit the open-file "
                         "limit, which is raised as far as the hard limit allows)")
-    p.add_argument("--max-live-readers", type=_positive_int, default=2048, metavar="N",
+    p.add_argument("--max-live-readers", type=_positive_int,
+                   default=SERVER_DEFAULTS.max_live_readers, metavar="N",
                    help="SSE and long-poll requests open at once; one more gets 429 with "
                         "Retry-After, plain reads and appends still work (default: %(default)s)")
-    p.add_argument("--max-inflight-bytes", type=_positive_int, default=256 << 20,
-                   metavar="BYTES",
-                   help="request-body bytes being received or waiting for the store, over all "
-                        "connections; a body that would go over gets 503 with Retry-After "
-                        "(default: %(default)s = 256 MiB)")
+    p.add_argument("--max-inflight-bytes", type=_positive_int,
+                   default=SERVER_DEFAULTS.max_inflight_bytes, metavar="BYTES",
+                   help=f"request-body bytes being received or waiting for the store, over all "
+                        f"connections; a body that would go over gets 503 with Retry-After "
+                        f"(default: %(default)s = {_mib(SERVER_DEFAULTS.max_inflight_bytes)})")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     # hidden, for the crash tests: small segments make the file store roll often
     p.add_argument("--segment-size", type=int, default=None, help=argparse.SUPPRESS)
+
+
+#: the defaults ``unbroken serve`` shows and uses: the library's own
+SERVER_DEFAULTS = ServerConfig()
+LOG_DEFAULTS = LogConfig()
+#: the ServerConfig fields ``unbroken serve`` sets from its options (same names)
+CONFIG_OPTIONS = ("long_poll_timeout", "max_body", "max_connections", "max_live_readers",
+                  "max_inflight_bytes")
+
+
+def server_config(args) -> ServerConfig:
+    """The :class:`~unbroken_server.context.ServerConfig` ``unbroken serve``
+    runs with: its options in :data:`CONFIG_OPTIONS`, the rest defaults.
+
+    :param args: the parsed ``serve`` command line
+    """
+    return ServerConfig(**{name: getattr(args, name) for name in CONFIG_OPTIONS})
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:g} ms"
 
 
 def _positive_int(text: str) -> int:
@@ -231,8 +264,6 @@ def file_store_config(args):
 
     :param args: the parsed ``serve`` command line
     """
-    from unbroken_engine.log import Durability, LogConfig
-
     config = LogConfig(durability=Durability(args.durability))
     if args.segment_size is not None:
         config = LogConfig(segment_size=args.segment_size, durability=config.durability,
@@ -248,10 +279,13 @@ def serve_main(args) -> int:
     from unbroken_engine import errors as e
 
     from .app import fds_needed, serve
-    from .context import ServerConfig, ServerContext
+    from .context import ServerContext
 
     raise_fd_limit(fds_needed(args.max_connections))
-    port = _env_port() if args.port is None else args.port
+    try:
+        port = env_port() if args.port is None else args.port
+    except ValueError as exc:
+        raise SystemExit(f"unbroken: {exc}") from None
     kind, url, why = choose_store(args.store)
     shared = None
     if kind == "memory":
@@ -278,11 +312,7 @@ def serve_main(args) -> int:
                     e.InvalidArgument) as exc:
                 raise _StoreError(exc) from exc
             where = f"{store.description}{why}"
-        ctx = ServerContext(store, ServerConfig(long_poll_timeout=args.long_poll_timeout,
-                                                max_body=args.max_body,
-                                                max_connections=args.max_connections,
-                                                max_live_readers=args.max_live_readers,
-                                                max_inflight_bytes=args.max_inflight_bytes))
+        ctx = ServerContext(store, server_config(args))
         try:
             async with anyio.create_task_group() as tg:
                 try:

@@ -3,10 +3,14 @@ bookkeeping that load shedding and graceful shutdown need (open connections,
 idle ones, live readers, request bytes in flight, refusals).
 
 The CLI's defaults are this module's :class:`ServerConfig` defaults: change
-one here and ``unbroken serve --help`` says so.
+one here and ``unbroken serve --help`` says so. So are the address a server
+listens on by default (:data:`DEFAULT_HOST`, :data:`DEFAULT_PORT`) and the
+one reading of ``$ONEPIPE_STREAMS_PORT`` (:func:`env_port`), which
+``unbroken serve`` and OnePipe's embedded server share.
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,6 +18,28 @@ from dataclasses import dataclass, field
 import anyio
 
 from unbroken_engine.stores.interface import StreamStore
+
+
+#: the address ``unbroken serve`` and OnePipe's embedded server listen on by default
+DEFAULT_HOST = "127.0.0.1"
+#: their port unless ``$ONEPIPE_STREAMS_PORT`` (:data:`PORT_ENV`) names another
+DEFAULT_PORT = 9999
+PORT_ENV = "ONEPIPE_STREAMS_PORT"
+
+
+def env_port(environ=os.environ) -> int:
+    """The port ``$ONEPIPE_STREAMS_PORT`` names, or :data:`DEFAULT_PORT` when
+    it is unset or empty (0 asks for any free port).
+
+    :param environ: the environment to read (default: the process's)
+    :raises ValueError: it is not a port number (decimal digits, 0 to 65535)
+    """
+    raw = environ.get(PORT_ENV, "")
+    if not raw:
+        return DEFAULT_PORT
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > 65535:
+        raise ValueError(f"{PORT_ENV} must be a port number, not {raw!r}")
+    return int(raw)
 
 
 @dataclass

@@ -12,6 +12,8 @@ import json
 import sys
 import time
 
+from unbroken_engine.stores.file import DEFAULT_DATA_DIR
+
 VERIFY_DESCRIPTION = """\
 Check a file store's data directory (or one stream folder) offline: each
 stream's meta file, every segment header, every record's CRC (sealed segments
@@ -40,7 +42,6 @@ Stream-Seq and closure, rebuilt from its records as the store does.
 Exit status: 0 shown, 1 PATH not found, 2 usage error.
 """
 
-DEFAULT_DIR = ".onepipe/streams"
 #: draw a progress bar when checking more than this many bytes of segments
 PROGRESS_THRESHOLD = 64 << 20
 
@@ -49,7 +50,7 @@ _OFFSET_KEYS = {"start_offset", "end_offset", "base_offset", "fork_offset", "clo
 
 
 def add_verify_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dir", nargs="?", default=DEFAULT_DIR, metavar="DIR",
+    p.add_argument("dir", nargs="?", default=DEFAULT_DATA_DIR, metavar="DIR",
                    help="data directory or one stream folder (default: %(default)s)")
     p.add_argument("--repair", action="store_true",
                    help="cut torn tails, rebuild indexes, remove leftovers (safe)")
@@ -60,7 +61,7 @@ def add_verify_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_inspect_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dir", nargs="?", default=DEFAULT_DIR, metavar="DIR",
+    p.add_argument("dir", nargs="?", default=DEFAULT_DATA_DIR, metavar="DIR",
                    help="data directory or one stream folder (default: %(default)s)")
     p.add_argument("path", nargs="?", default=None, metavar="PATH",
                    help="a stream path: show that stream in detail")

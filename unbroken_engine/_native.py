@@ -29,8 +29,17 @@ except ModuleNotFoundError as exc:
         "directory") from exc
 
 # ---- constants re-exported from cext/ub_format.h -------------------------
+FORMAT_VERSION: int = lib.UB_FORMAT_VERSION
+MAGIC_SIZE: int = lib.UB_MAGIC_SIZE
+SEG_MAGIC: bytes = ffi.unpack(lib.UB_SEG_MAGIC, lib.UB_MAGIC_SIZE)
+IDX_MAGIC: bytes = ffi.unpack(lib.UB_IDX_MAGIC, lib.UB_MAGIC_SIZE)
 SEG_HEADER_SIZE: int = lib.UB_SEG_HEADER_SIZE
+SEG_HEADER_CRC_POS: int = lib.UB_SEG_HEADER_CRC_POS
 REC_HEADER_SIZE: int = lib.UB_REC_HEADER_SIZE
+REC_TYPE_POS: int = lib.UB_REC_TYPE_POS
+IDX_HEADER_SIZE: int = lib.UB_IDX_HEADER_SIZE
+IDX_HEADER_CRC_POS: int = lib.UB_IDX_HEADER_CRC_POS
+IDX_ENTRY_SIZE: int = lib.UB_IDX_ENTRY_SIZE
 MAX_PAYLOAD: int = lib.UB_MAX_PAYLOAD
 MAX_ATTRS: int = lib.UB_MAX_ATTRS
 MAX_RECORD: int = lib.UB_MAX_RECORD
@@ -41,6 +50,8 @@ REC_DATA: int = lib.UB_REC_DATA
 REC_DATA_CLOSE: int = lib.UB_REC_DATA_CLOSE
 REC_CLOSE: int = lib.UB_REC_CLOSE
 REC_CHECKPOINT: int = lib.UB_REC_CHECKPOINT
+REC_ZERO: int = lib.UB_REC_ZERO
+REC_MAX_TYPE: int = lib.UB_REC_MAX_TYPE
 OPEN_SEALED: int = lib.UB_OPEN_SEALED
 OPEN_ACTIVE: int = lib.UB_OPEN_ACTIVE
 OPEN_REPAIR: int = lib.UB_OPEN_REPAIR
@@ -121,6 +132,13 @@ def crc_mask(crc: int) -> int:
 def crc_unmask(masked: int) -> int:
     """Inverse of :func:`crc_mask`."""
     return lib.ub_crc_unmask(masked)
+
+
+def record_size(attrs_len: int, payload_len: int) -> int:
+    """The bytes a record takes in a segment, which is also how far it moves
+    the log offset: header, attrs and payload (``ub_record_size``, in Python
+    so the hot paths need no C call)."""
+    return REC_HEADER_SIZE + attrs_len + payload_len
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,10 @@ import uuid
 from pathlib import Path
 
 import anyio
+from unbroken_engine.stores.file import DEFAULT_DATA_DIR
+from unbroken_engine.stores.sync import BlockingLoop
 
+from ..context import DEFAULT_HOST, DEFAULT_PORT, env_port
 from .errors import DataDirInUse, NoRuntime, OnePipeError
 from .transport import HttpTransport, LocalTransport, Retry, Transport
 
@@ -42,8 +45,6 @@ log = logging.getLogger("unbroken.onepipe")
 __all__ = ["Runtime", "connect", "current_runtime", "resolve_runtime", "MODES", "DEFAULT_PORT"]
 
 MODES = ("inprocess", "embedded", "remote")
-DEFAULT_PORT = 9999
-DEFAULT_DATA_DIR = ".onepipe/streams"
 
 _current: contextvars.ContextVar["Runtime | None"] = contextvars.ContextVar(
     "onepipe_runtime", default=None)
@@ -67,15 +68,6 @@ def resolve_runtime(rt: "Runtime | None") -> "Runtime":
     return rt if rt is not None else current_runtime()
 
 
-def _env_port(environ) -> int:
-    raw = environ.get("ONEPIPE_STREAMS_PORT", "")
-    if not raw:
-        return DEFAULT_PORT
-    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
-        raise OnePipeError(f"ONEPIPE_STREAMS_PORT must be a port number, not {raw!r}")
-    return int(raw)
-
-
 class Runtime:
     """An open connection to streams (see the module doc). Use :func:`connect`.
 
@@ -87,7 +79,7 @@ class Runtime:
     """
 
     def __init__(self, mode: str, *, url: str | None = None, port: int | None = None,
-                 host: str = "127.0.0.1", data_dir=None, store=None, retry_for: float = 30.0,
+                 host: str = DEFAULT_HOST, data_dir=None, store=None, retry_for: float = 30.0,
                  instance: str | None = None):
         if mode not in MODES:
             raise OnePipeError(f"unknown mode {mode!r}: one of {', '.join(MODES)}")
@@ -187,7 +179,7 @@ class Runtime:
 
 
 def connect(mode: str | None = None, *, url: str | None = None, port: int | None = None,
-            data_dir=None, store=None, host: str = "127.0.0.1", retry_for: float = 30.0,
+            data_dir=None, store=None, host: str = DEFAULT_HOST, retry_for: float = 30.0,
             instance: str | None = None, environ=None) -> Runtime:
     """A :class:`Runtime`, to open with ``async with``.
 
@@ -216,7 +208,10 @@ def connect(mode: str | None = None, *, url: str | None = None, port: int | None
         else:
             mode = env.get("ONEPIPE_STREAMS_MODE") or "embedded"
     if port is None:
-        port = _env_port(env)
+        try:
+            port = env_port(env)
+        except ValueError as exc:
+            raise OnePipeError(str(exc)) from None
     return Runtime(mode, url=url, port=port, host=host, data_dir=data_dir, store=store,
                    retry_for=retry_for, instance=instance)
 
@@ -253,28 +248,21 @@ class _EmbeddedServer:
 
     def __init__(self, host: str, port: int, data_dir: Path):
         self.host, self.port, self.data_dir = host, port, data_dir
-        self._portal_cm = None
-        self._portal = None
+        self._loop = None
         self._ctx = None
         self._done = None
 
     def start(self) -> str:
         """Open the store and bind; :return: the server's URL.
         :raises OSError: the port is taken (errno EADDRINUSE)"""
-        from anyio.from_thread import start_blocking_portal
-
         if self.port:  # taken? then find out before opening the store another may serve
             with socket.socket() as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((self.host, self.port))
-        self._portal_cm = start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
-        try:
-            self._done, port = self._portal.start_task(self._run)
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
-            self._portal = None
-            raise
+        loop = BlockingLoop()
+        with loop.stop_on_error():
+            self._done, port = loop.start_task(self._run)
+        self._loop = loop
         self.port = port
         return f"http://{self.host}:{port}"
 
@@ -295,12 +283,12 @@ class _EmbeddedServer:
 
     def stop(self) -> None:
         """Shut the server down gracefully and close its store."""
-        if self._portal is None:
+        if self._loop is None:
             return
         try:
-            self._portal.call(self._ctx.shutdown)
+            self._loop.call(self._ctx.shutdown)
             self._done.result(timeout=30)
         finally:
-            self._portal_cm.__exit__(None, None, None)
-            self._portal = None
+            self._loop.stop()
+            self._loop = None
 

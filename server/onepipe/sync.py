@@ -13,17 +13,17 @@
         flag = rt.build(Signal.create("flag", default=False))
         flag.set(True)
 
-The runtime runs on an event loop in a background thread (anyio's blocking
-portal); every method of a built object blocks until its coroutine is done,
-and async iterators become ordinary iterators. Channel handlers run on that
-thread's loop.
+The runtime runs on an event loop in a background thread (the engine's
+:class:`~unbroken_engine.stores.sync.BlockingLoop`); every method of a built
+object blocks until its coroutine is done, and async iterators become
+ordinary iterators. Channel handlers run on that thread's loop.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 
-from anyio.from_thread import start_blocking_portal
+from unbroken_engine.stores.sync import BlockingLoop
 
 from .runtime import Runtime, connect as _connect
 
@@ -32,23 +32,24 @@ __all__ = ["connect", "SyncRuntime", "Blocking"]
 
 class Blocking:
     """Wraps an object of the async API: coroutine methods block, async
-    generator methods return iterators, other attributes pass through."""
+    generator methods return iterators, other attributes pass through.
 
-    def __init__(self, portal, target):
-        self._portal = portal
+    :param loop: the :class:`~unbroken_engine.stores.sync.BlockingLoop` the
+        object belongs to
+    """
+
+    def __init__(self, loop: BlockingLoop, target):
+        self._loop = loop
         self._target = target
 
     def __getattr__(self, name: str):
         attr = getattr(self._target, name)
         if inspect.iscoroutinefunction(attr):
-            @functools.wraps(attr)
-            def call(*args, **kwargs):
-                return self._portal.call(functools.partial(attr, *args, **kwargs))
-            return call
+            return self._loop.blocking(attr)
         if inspect.isasyncgenfunction(attr):
             @functools.wraps(attr)
             def iterate(*args, **kwargs):
-                return _iterate(self._portal, attr(*args, **kwargs))
+                return self._loop.iterate(attr(*args, **kwargs))
             return iterate
         return attr
 
@@ -56,34 +57,24 @@ class Blocking:
         return f"<blocking {self._target!r}>"
 
 
-def _iterate(portal, agen):
-    try:
-        while True:
-            try:
-                yield portal.call(agen.__anext__)
-            except StopAsyncIteration:
-                return
-    finally:
-        portal.call(agen.aclose)
-
-
 class SyncRuntime:
-    """A :class:`~.runtime.Runtime` on a background event loop (use :func:`connect`)."""
+    """A :class:`~.runtime.Runtime` on a background event loop (use :func:`connect`).
+
+    :ivar loop: its :class:`~unbroken_engine.stores.sync.BlockingLoop`
+    :ivar portal: that loop's anyio blocking portal
+    """
 
     def __init__(self, **connect_kwargs):
         self._kwargs = connect_kwargs
-        self._portal_cm = None
+        self.loop: BlockingLoop | None = None
         self.portal = None
         self.runtime: Runtime | None = None
 
     def __enter__(self) -> "SyncRuntime":
-        self._portal_cm = start_blocking_portal()
-        self.portal = self._portal_cm.__enter__()
-        try:
-            self.runtime = self.portal.call(self._open)
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
-            raise
+        self.loop = BlockingLoop()
+        self.portal = self.loop.portal
+        with self.loop.stop_on_error():
+            self.runtime = self.loop.call(self._open)
         return self
 
     async def _open(self) -> Runtime:
@@ -92,16 +83,16 @@ class SyncRuntime:
     def build(self, builder) -> Blocking:
         """Build a ``Flow``/``Signal``/``Channel`` builder on this runtime;
         :return: its blocking facade."""
-        return Blocking(self.portal, self.portal.call(builder.build, self.runtime))
+        return Blocking(self.loop, self.loop.call(builder.build, self.runtime))
 
     def __getattr__(self, name: str):
         return getattr(self.runtime, name)
 
     def __exit__(self, *exc) -> None:
         try:
-            self.portal.call(self.runtime.aclose)
+            self.loop.call(self.runtime.aclose)
         finally:
-            self._portal_cm.__exit__(None, None, None)
+            self.loop.stop()
 
 
 def connect(**kwargs) -> SyncRuntime:

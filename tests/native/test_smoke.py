@@ -110,9 +110,42 @@ def test_cdef_reexports_the_format_python_needs():
     ("REC_DATA_CLOSE", "UB_REC_DATA_CLOSE"),
     ("REC_CLOSE", "UB_REC_CLOSE"),
     ("REC_CHECKPOINT", "UB_REC_CHECKPOINT"),
+    ("REC_ZERO", "UB_REC_ZERO"),
+    ("REC_MAX_TYPE", "UB_REC_MAX_TYPE"),
+    ("FORMAT_VERSION", "UB_FORMAT_VERSION"),
+    ("MAGIC_SIZE", "UB_MAGIC_SIZE"),
+    ("SEG_MAGIC", "UB_SEG_MAGIC"),
+    ("IDX_MAGIC", "UB_IDX_MAGIC"),
+    ("SEG_HEADER_CRC_POS", "UB_SEG_HEADER_CRC_POS"),
+    ("REC_TYPE_POS", "UB_REC_TYPE_POS"),
+    ("IDX_HEADER_SIZE", "UB_IDX_HEADER_SIZE"),
+    ("IDX_HEADER_CRC_POS", "UB_IDX_HEADER_CRC_POS"),
+    ("IDX_ENTRY_SIZE", "UB_IDX_ENTRY_SIZE"),
 ])
 def test_native_reexport_agrees_with_ub_format_h(exported, name):
     assert getattr(nat, exported) == FORMAT[name]
+
+
+@pytest.mark.parametrize("attrs_len, payload_len", [(0, 0), (3, 0), (0, 1 << 20), (65535, 7)])
+def test_record_size_is_the_c_one(attrs_len, payload_len):
+    assert nat.record_size(attrs_len, payload_len) == lib.ub_record_size(attrs_len, payload_len)
+
+
+def test_verify_struct_layouts_have_the_c_sizes():
+    # unbroken_engine.tools.verify reads index files and record headers with
+    # struct formats; their sizes and positions must be ub_format.h's.
+    import struct
+
+    from unbroken_engine.tools import verify as v
+
+    assert v.REC_HEADER_FIELDS.size == FORMAT["UB_REC_HEADER_SIZE"]
+    assert struct.calcsize(v.REC_HEADER_FIELDS.format[:4]) == FORMAT["UB_REC_TYPE_POS"]
+    assert v.REC_HEADER_FIELDS.format[4:6] == "BB"  # type, then the flags byte
+    assert v.IDX_ENTRY.size == FORMAT["UB_IDX_ENTRY_SIZE"]
+    assert v.IDX_HEADER_FIELDS.format.startswith(f"<{FORMAT['UB_MAGIC_SIZE']}s")
+    assert v.IDX_HEADER_FIELDS.size <= FORMAT["UB_IDX_HEADER_CRC_POS"]
+    assert FORMAT["UB_IDX_HEADER_CRC_POS"] + v.CRC.size == FORMAT["UB_IDX_HEADER_SIZE"]
+    assert v.HEADER == FORMAT["UB_SEG_HEADER_SIZE"] and v.REC_HEADER == v.REC_HEADER_FIELDS.size
 
 
 def test_format_constants_are_consistent():
@@ -120,6 +153,8 @@ def test_format_constants_are_consistent():
                                        + FORMAT["UB_MAX_PAYLOAD"])
     assert len(FORMAT["UB_SEG_MAGIC"]) == len(FORMAT["UB_IDX_MAGIC"]) == FORMAT["UB_MAGIC_SIZE"]
     assert FORMAT["UB_SEG_HEADER_CRC_POS"] + 4 == FORMAT["UB_SEG_HEADER_SIZE"]
+    assert FORMAT["UB_IDX_HEADER_CRC_POS"] + 4 == FORMAT["UB_IDX_HEADER_SIZE"]
+    assert FORMAT["UB_REC_TYPE_POS"] + 2 <= FORMAT["UB_REC_HEADER_SIZE"]
     types = [FORMAT[f"UB_REC_{t}"] for t in ("DATA", "DATA_CLOSE", "CLOSE", "CHECKPOINT")]
     assert FORMAT["UB_REC_ZERO"] == 0 not in types
     assert sorted(types) == list(range(1, FORMAT["UB_REC_MAX_TYPE"] + 1))

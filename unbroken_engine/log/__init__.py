@@ -4,6 +4,8 @@
   segment files (roll, read, recover, durability policy and group commit);
 * :mod:`.memory` -- :class:`MemoryLog`, the same contract in memory (the
   memory store's log);
+* :mod:`.paging` -- what a record costs against a read's byte budget (the
+  C read's rule, for every Python read that pages alike);
 * :mod:`.layout` -- where a data directory keeps what: stream folders,
   20-digit segment and index names.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import xxhash
 
@@ -42,6 +43,33 @@ def list_segments(directory) -> list[int]:
         if base is not None:
             bases.append(base)
     return sorted(bases)
+
+
+def unwritten_tail(directory, bases: list[int]) -> list[Path]:
+    """The trailing segment files whose header never reached the disk,
+    newest first: the last of ``bases`` (sorted base offsets) while its file
+    holds only zeros (or is shorter than a header and zero).
+
+    A crash between creating a segment file and syncing its header leaves
+    such a file. Nothing in it was ever acknowledged -- the header is synced
+    before the first append -- so the log's open removes them and the
+    operator tools report them; any other damage is not this rule's.
+    """
+    found = []
+    for base in reversed(bases):
+        path = Path(directory) / segment_name(base)
+        if not _all_zero_file(path):
+            break
+        found.append(path)
+    return found
+
+
+def _all_zero_file(path) -> bool:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.count(0) != len(chunk):
+                return False
+    return True
 
 
 def fsync_dir(directory) -> None:

@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 
 from .. import _native as nat
 from .. import errors
+from .paging import part_size
 from .segmented import DEFAULT_READ_BYTES, ReadResult, Record, RecordType
 
 _CLOSERS = (RecordType.DATA_CLOSE, RecordType.CLOSE)
@@ -58,7 +59,7 @@ class MemoryLog:
         if len(payload) > nat.MAX_PAYLOAD or len(attrs) > nat.MAX_ATTRS:
             raise errors.RecordTooLarge("record over the format's limits")
         start = self._end
-        end = start + nat.REC_HEADER_SIZE + len(attrs) + len(payload)
+        end = start + nat.record_size(len(attrs), len(payload))
         self._offsets.append(start)
         self._msg_before.append(self._messages)
         self._records.append(Record(start, RecordType(type), msg_count, attrs, payload, end))
@@ -118,9 +119,9 @@ class MemoryLog:
         budget = max_bytes
         while i < len(self._records) and self._offsets[i] < stop:
             rec = self._records[i]
-            need = len(rec.payload) + (1 if json and rec.payload and parts else 0)
+            need = part_size(rec.payload, json, bool(parts))
             if not records:
-                budget = max(budget, need)  # the first record comes whole
+                budget = max(budget, need)  # the first record comes whole (C: its buffer grows)
             if size + need > budget:
                 break
             if rec.payload or not json:

@@ -214,7 +214,11 @@ class SegmentedLog:
             if name.endswith(".tmp"):
                 os.unlink(os.path.join(directory, name))
         bases = layout.list_segments(directory)
-        removed = _drop_unwritten_tail(directory, bases)
+        unwritten = layout.unwritten_tail(directory, bases)  # a crash left them: never acked
+        for path in unwritten:
+            os.unlink(path)
+        del bases[len(bases) - len(unwritten):]
+        removed = len(unwritten)
         segments: list[_Segment] = []
         rebuilt = cut = active_records = 0
         for i, base in enumerate(bases):
@@ -314,7 +318,7 @@ class SegmentedLog:
             seg = self._active
             end = seg.native.append(type, msg_count, attrs, payload)
             if end < 0:
-                seg = self._roll(nat.REC_HEADER_SIZE + len(attrs) + len(payload))
+                seg = self._roll(nat.record_size(len(attrs), len(payload)))
                 end = seg.native.append(type, msg_count, attrs, payload)
                 if end < 0:
                     raise errors.RecordTooLarge("record does not fit an empty segment")
@@ -367,7 +371,7 @@ class SegmentedLog:
                 i += done
                 if not full:
                     break
-                seg = self._roll(nat.REC_HEADER_SIZE + lens[i])
+                seg = self._roll(nat.record_size(0, lens[i]))
             off = seg.base + end - HEADER
             self._written = off
             return off
@@ -731,33 +735,6 @@ def _check_lines_up(seg: _Segment, prev: _Segment | None, path) -> None:
             # name the earlier file: it ends short of where its successor starts
             raise errors.CorruptSegment(prev.native.path, pinfo.end,
                                         "segment does not follow the previous one")
-
-
-def _drop_unwritten_tail(directory, bases: list[int]) -> int:
-    """Remove trailing segment files whose header never reached the disk.
-
-    A crash between creating a segment file and syncing its header leaves a
-    file of zeros (or shorter than a header). Nothing in it was ever
-    acknowledged -- the header is synced before the first append -- so it is
-    removed. Any other damage is left for the open to report.
-    """
-    removed = 0
-    while bases:
-        path = os.path.join(directory, layout.segment_name(bases[-1]))
-        if not _all_zero_file(path):
-            break
-        os.unlink(path)
-        bases.pop()
-        removed += 1
-    return removed
-
-
-def _all_zero_file(path) -> bool:
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            if chunk.count(0) != len(chunk):
-                return False
-    return True
 
 
 class _IntervalFlusher:

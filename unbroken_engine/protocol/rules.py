@@ -3,15 +3,16 @@
 Every store applies these -- the in-process ones (:mod:`..stores.base`) and
 the shared ones (:mod:`..stores.shared.store`) -- so a rule is written once:
 stream paths, producer headers, create options, the idempotent-``PUT``
-comparison (spec 5.1, closure included), Stream-Seq ordering, and what
-records a create, a fork's sub-offset or an append writes. They take values
-and return values or raise; none touches a log, a backend or a clock.
+comparison (spec 5.1, closure included), Stream-Seq ordering, when a
+stream expires, and what records a create, a fork's sub-offset or an append
+writes. They take values and return values or raise; none touches a log, a
+backend or a clock (the time is passed in).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import msgpack
 
@@ -144,6 +145,17 @@ def created_content_type(o: CreateOptions, source) -> str:
     return content_type
 
 
+def created_expiry(o: CreateOptions, inherited: tuple | None) -> tuple:
+    """The ``(ttl, expires_at)`` a create gives its stream: the ones asked
+    for; a fork that asks for neither keeps its source's.
+
+    :param inherited: the fork source's ``(ttl, expires_at)``, or None (not a fork)
+    """
+    if inherited is not None and o.ttl is None and o.expires_at is None:
+        return inherited
+    return o.ttl, o.expires_at
+
+
 def initial_records(content_type: str, data: bytes, closed: bool) -> list[tuple]:
     """The records a create writes: its initial data (JSON flattened) and/or
     its close, as ``(payload, attrs, type, msg_count)``.
@@ -180,6 +192,36 @@ def prefix_record(rec, n: int, json: bool) -> tuple:
         raise errors.InvalidRequest(
             f"fork sub-offset {n} past the message's {len(rec.payload)} bytes")
     return (rec.payload[:n], b"", RecordType.DATA, 1)
+
+
+async def fork_prefix(record_at: Callable[[int], Awaitable], offset: int, n: int,
+                      json: bool) -> tuple:
+    """The record a fork at ``offset`` with sub-offset ``n`` starts with
+    (:func:`prefix_record`): the sub-offset counts into the first message at
+    or after the fork offset, so records that carry none (a checkpoint, a
+    close) are passed over.
+
+    :param record_at: ``await record_at(at)``: the source's first record at
+        or after ``at`` in its view (``offset``, ``payload``, ``msg_count``,
+        ``next_offset``), or None at its end -- the store's one way to look
+        a record up; this function touches no storage itself
+    :raises InvalidRequest: no message, or ``n`` past its end
+    """
+    rec = await record_at(offset)
+    while rec is not None and rec.msg_count == 0:
+        rec = await record_at(rec.next_offset)
+    return prefix_record(rec, n, json)
+
+
+def is_expired(expires_at: datetime | None, ttl: int | None, last_access: float,
+               now: float) -> bool:
+    """Whether a stream has expired at ``now`` (Unix seconds): an absolute
+    ``Stream-Expires-At`` decides alone; else a ``Stream-TTL`` slides from
+    the last read or write (``last_access``); with neither it never does.
+    """
+    if expires_at is not None:
+        return now >= expires_at.timestamp()
+    return ttl is not None and now >= last_access + ttl
 
 
 def check_stream_seq(last_seq: str | None, seq: str | None) -> None:

@@ -34,12 +34,14 @@ which readers may have seen).
 from __future__ import annotations
 
 import bisect
+import functools
 import time
 
 import msgpack
 
 from .. import errors
 from ..protocol import framing
+from ..log.paging import fits, part_size
 from ..log.segmented import RecordType
 from ..protocol.media import is_json, media_type
 from .notify import StreamNotifier
@@ -54,8 +56,10 @@ from ..protocol.rules import (
     check_same_config,
     check_stream_seq,
     created_content_type,
+    created_expiry,
+    fork_prefix,
     initial_records,
-    prefix_record,
+    is_expired,
 )
 from .interface import (
     DEFAULT_READ_CHUNK,
@@ -228,10 +232,9 @@ class BaseStreamStore(StreamStore):
 
     # ---- lookups, expiry, removal -------------------------------------------------
 
-    def _is_expired(self, s: Stream, now: float) -> bool:
-        if s.expires_at is not None:
-            return now >= s.expires_at.timestamp()
-        return s.ttl is not None and now >= s.last_access + s.ttl
+    @staticmethod
+    def _is_expired(s: Stream, now: float) -> bool:
+        return is_expired(s.expires_at, s.ttl, s.last_access, now)
 
     def _lookup(self, path: str, *, touch: bool = False, soft_ok: bool = False) -> Stream:
         if self._closed:
@@ -341,11 +344,11 @@ class BaseStreamStore(StreamStore):
             base = self._visible_end(source) if o.fork_offset is None else o.fork_offset
             self._check_fork_offset(source, base)
             if o.fork_sub_offset:
-                records.append(self._fork_prefix(source, base, o.fork_sub_offset))
+                records.append(await fork_prefix(functools.partial(self._record_at, source),
+                                                 base, o.fork_sub_offset, source.json))
         records.extend(initial_records(content_type, o.data, o.closed))
-        ttl, expires_at = o.ttl, o.expires_at
-        if source is not None and ttl is None and expires_at is None:
-            ttl, expires_at = source.ttl, source.expires_at
+        inherited = None if source is None else (source.ttl, source.expires_at)
+        ttl, expires_at = created_expiry(o, inherited)
         now = self._clock()
         requested = Requested(None if o.content_type is None else media_type(o.content_type),
                                o.ttl, o.expires_at, o.fork_from, base if source else None,
@@ -380,8 +383,10 @@ class BaseStreamStore(StreamStore):
         if offset >= s.log.start_offset or s.source is None:
             s.log.check_offset(offset)
 
-    def _record_at(self, s: Stream, offset: int):
-        """The record starting at ``offset`` in ``s``'s view, or None at its end."""
+    async def _record_at(self, s: Stream, offset: int):
+        """The record starting at ``offset`` in ``s``'s view, or None at its end
+        (a coroutine only to fit :func:`~..protocol.rules.fork_prefix`'s
+        lookup; it never waits)."""
         while s.source is not None and offset < s.fork_offset:
             s = s.source
         for rec in s.log.records(offset):
@@ -389,12 +394,6 @@ class BaseStreamStore(StreamStore):
                 return rec
             break
         return None
-
-    def _fork_prefix(self, source: Stream, offset: int, n: int) -> tuple:
-        rec = self._record_at(source, offset)
-        while rec is not None and rec.msg_count == 0:  # a checkpoint or close
-            rec = self._record_at(source, rec.next_offset)
-        return prefix_record(rec, n, source.json)
 
     # ---- metadata, append -------------------------------------------------------
 
@@ -565,7 +564,7 @@ class BaseStreamStore(StreamStore):
             raise errors.OffsetGone(offset, s.log.start_offset)
         r = s.log.read(offset, budget, json=s.json, until=min(until, self._visible_end(s)))
         data = r.data
-        if parts and len(data) + (1 if s.json else 0) > budget:
+        if not fits(part_size(data, s.json, bool(parts)), budget, not parts):
             return parts, offset  # the first own append does not fit this page
         if len(data):
             parts.append(data)

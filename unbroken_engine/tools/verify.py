@@ -55,6 +55,21 @@ HEADER = nat.SEG_HEADER_SIZE
 REC_HEADER = nat.REC_HEADER_SIZE
 INTERVAL = nat.DEFAULT_INDEX_INTERVAL
 
+# The layouts this module reads itself, as cext/ub_format.h and the index
+# code of cext/ub_segment.c lay them out. Every size, position, magic and
+# version comes from C through _native; a format here names only the order
+# and width of fields, and tests/native/test_smoke.py checks that its size
+# is the C constant's.
+#: index header up to its reserved bytes: magic, version, entries, data end,
+#: records, messages, last record type (its CRC is at IDX_HEADER_CRC_POS)
+IDX_HEADER_FIELDS = struct.Struct(f"<{nat.MAGIC_SIZE}sIIQQQI")
+#: an index entry: record position, messages before it
+IDX_ENTRY = struct.Struct("<II")
+#: a record header: CRC, payload length, attrs length, type, flags, message count
+REC_HEADER_FIELDS = struct.Struct("<IIHBBI")
+#: a masked CRC32C
+CRC = struct.Struct("<I")
+
 #: severities of an :class:`Issue`
 DAMAGE, WARNING, NOTE = "damage", "warning", "note"
 #: how an :class:`Issue` is repaired: by ``--repair``, only by ``--repair
@@ -350,14 +365,6 @@ def _meta_fields_problem(meta: dict) -> str | None:
 
 # ---- segment scans ------------------------------------------------------------------------
 
-def _all_zero_file(path) -> bool:
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            if chunk.count(0) != len(chunk):
-                return False
-    return True
-
-
 _names = itertools.count()
 
 
@@ -374,7 +381,9 @@ def _info_of(native: nat.NativeSegment) -> dict:
             "last_type": i.last_type}
 
 
-_CANDIDATE = re.compile(rb"[\x01-\x04]\x00")  # type and flags bytes of a record header
+#: the type and (zero) flags bytes of a record header: a type is never REC_ZERO
+_CANDIDATE = re.compile(b"[%s-%s]\x00" % (re.escape(bytes([nat.REC_ZERO + 1])),
+                                           re.escape(bytes([nat.REC_MAX_TYPE]))))
 
 
 def _salvage(data: bytes, start: int) -> tuple[int, int]:
@@ -395,10 +404,10 @@ def _salvage(data: bytes, start: int) -> tuple[int, int]:
             messages += rec.msg_count
             pos = rec.next
             continue
-        m = _CANDIDATE.search(data, pos + 1 + 10)
+        m = _CANDIDATE.search(data, pos + 1 + nat.REC_TYPE_POS)
         if m is None:
             break
-        pos = m.start() - 10
+        pos = m.start() - nat.REC_TYPE_POS
     return records, messages
 
 
@@ -412,18 +421,18 @@ def _index_problem(idx: bytes, seg_path, info: dict, size: int) -> str | None:
 
     Independent of the index interval it was written with: every entry must
     sit on a record boundary and count the messages before it correctly."""
-    if len(idx) < 64:
+    if len(idx) < nat.IDX_HEADER_SIZE:
         return "index file too short"
     magic, version, n, data_end, records, messages, last_type = \
-        struct.unpack_from("<8sIIQQQI", idx, 0)
-    if magic != b"UBIDXv1\n":
+        IDX_HEADER_FIELDS.unpack_from(idx, 0)
+    if magic != nat.IDX_MAGIC:
         return "bad index magic"
-    if version != 1:
+    if version != nat.FORMAT_VERSION:
         return f"unsupported index version {version}"
-    if n == 0 or len(idx) != 64 + 8 * n:
+    if n == 0 or len(idx) != nat.IDX_HEADER_SIZE + nat.IDX_ENTRY_SIZE * n:
         return "index size does not match its entry count"
-    crc = nat.crc32c(idx[64:], nat.crc32c(idx[:60]))
-    if nat.crc_unmask(struct.unpack_from("<I", idx, 60)[0]) != crc:
+    crc = nat.crc32c(idx[nat.IDX_HEADER_SIZE:], nat.crc32c(idx[:nat.IDX_HEADER_CRC_POS]))
+    if nat.crc_unmask(CRC.unpack_from(idx, nat.IDX_HEADER_CRC_POS)[0]) != crc:
         return "index checksum mismatch"
     if data_end != size:
         return f"index covers {data_end} bytes, the segment holds {size}"
@@ -436,7 +445,7 @@ def _index_problem(idx: bytes, seg_path, info: dict, size: int) -> str | None:
     cur = next(walk, None)
     prev = -1
     for i in range(n):
-        pos, msg = struct.unpack_from("<II", idx, 64 + 8 * i)
+        pos, msg = IDX_ENTRY.unpack_from(idx, nat.IDX_HEADER_SIZE + nat.IDX_ENTRY_SIZE * i)
         if pos <= prev:
             return f"index entry {i} is out of order"
         prev = pos
@@ -446,7 +455,7 @@ def _index_problem(idx: bytes, seg_path, info: dict, size: int) -> str | None:
             return f"index entry {i} (byte {pos}) is not a record boundary"
         if cur[1] != msg:
             return f"index entry {i} counts {msg} messages before byte {pos}, not {cur[1]}"
-    if struct.unpack_from("<II", idx, 64) != (HEADER, 0):
+    if IDX_ENTRY.unpack_from(idx, nat.IDX_HEADER_SIZE) != (HEADER, 0):
         return "index entry 0 is not the first record"
     return None
 
@@ -455,10 +464,11 @@ def _record_starts(data: bytes):
     """(position, messages before) of each record of a verified segment."""
     pos, msgs = HEADER, 0
     while pos + REC_HEADER <= len(data):
-        payload_len, attrs_len, _type, _flags, count = struct.unpack_from("<IHBBI", data, pos + 4)
+        _crc, payload_len, attrs_len, _type, _flags, count = \
+            REC_HEADER_FIELDS.unpack_from(data, pos)
         yield pos, msgs
         msgs += count
-        pos += REC_HEADER + attrs_len + payload_len
+        pos += nat.record_size(attrs_len, payload_len)
 
 
 # ---- checking one stream --------------------------------------------------------------------
@@ -513,10 +523,7 @@ def _check_stream(folder: Path, tmp: str, tick: Progress | None = None) -> _Chec
             c.issues.append(Issue(NOTE, "bytes cut by an earlier forced repair are kept here "
                                   "(delete it when no longer needed)", str(folder / name)))
     bases = layout.list_segments(folder)
-    while bases:  # trailing files whose header never reached the disk
-        path = folder / layout.segment_name(bases[-1])
-        if not _all_zero_file(path):
-            break
+    for path in layout.unwritten_tail(folder, bases):
         c.unwritten.append(path)
         c.issues.append(Issue(WARNING, "segment file never written (only zeros; removed by "
                               "--repair or the next open)", str(path), 0, SAFE))
@@ -915,8 +922,7 @@ class _ReadOnlyLog:
         self.infos: list[SegmentInfo] = []
         self.error: str | None = None
         bases = layout.list_segments(folder)
-        while bases and _all_zero_file(folder / layout.segment_name(bases[-1])):
-            bases.pop()
+        del bases[len(bases) - len(layout.unwritten_tail(folder, bases)):]
         if not bases:
             self.error = "no segment files"
         for i, base in enumerate(bases):

@@ -371,8 +371,4 @@ class PostgresStreamStore(SharedStreamStore):
         """
         store = cls(PostgresBackend(url, schema=schema, pool_size=pool_size), clock=clock,
                     local_clock=local_clock)
-        try:
-            return await store._start()
-        except BaseException:
-            await store._b.close()
-            raise
+        return await store._start()

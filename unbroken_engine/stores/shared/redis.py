@@ -380,11 +380,7 @@ class RedisStreamStore(SharedStreamStore):
         """
         store = cls(RedisBackend(url, prefix=prefix, max_connections=max_connections),
                     clock=clock, local_clock=local_clock)
-        try:
-            return await store._start()
-        except BaseException:
-            await store._b.close()
-            raise
+        return await store._start()
 
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -59,6 +60,7 @@ import anyio
 from ... import _native as nat
 from ... import errors
 from ...protocol import framing
+from ...log.paging import fits, part_size
 from ...log.segmented import RecordType
 from ...protocol.media import is_json, media_type
 from ..notify import StreamNotifier
@@ -85,8 +87,10 @@ from ...protocol.rules import (
     check_same_config,
     check_stream_seq,
     created_content_type,
+    created_expiry,
+    fork_prefix,
     initial_records,
-    prefix_record,
+    is_expired,
 )
 from ..base import closed_answer
 
@@ -281,7 +285,7 @@ class Rec:
     @property
     def next_offset(self) -> int:
         """The offset after this record (the file store's arithmetic)."""
-        return self.offset + nat.REC_HEADER_SIZE + len(self.attrs) + len(self.payload)
+        return self.offset + nat.record_size(len(self.attrs), len(self.payload))
 
     def __repr__(self) -> str:
         return f"Rec({self.offset}, type={self.type}, {len(self.payload)} bytes)"
@@ -446,8 +450,14 @@ class SharedStreamStore(StreamStore):
         self.description = backend.description
 
     async def _start(self) -> "SharedStreamStore":
-        await self._b.start(self._notifier.notify, self._on_reconnect)
-        await self._measure_clock()
+        """Start the backend and the clock; a store that fails to start
+        closes its backend (what every ``open`` of a backend's store does)."""
+        try:
+            await self._b.start(self._notifier.notify, self._on_reconnect)
+            await self._measure_clock()
+        except BaseException:
+            await self._b.close()
+            raise
         if self._fixed_clock is None:
             self._clock_task = asyncio.get_running_loop().create_task(self._clock_loop())
         return self
@@ -502,11 +512,9 @@ class SharedStreamStore(StreamStore):
             return result
         raise errors.BackendUnavailable("too much contention on the backend; try again")
 
-    def _is_expired(self, row: Row, now: float) -> bool:
-        exp = row.expires()
-        if exp is not None:
-            return now >= exp.timestamp()
-        return row.ttl is not None and now >= row.last_access + row.ttl
+    @staticmethod
+    def _is_expired(row: Row, now: float) -> bool:
+        return is_expired(row.expires(), row.ttl, row.last_access, now)
 
     def _live(self, row: Row | None, path: str, now: float, *, soft_ok=False) -> Row:
         """The row if it may be served (not missing, expired or soft-deleted)."""
@@ -631,11 +639,11 @@ class SharedStreamStore(StreamStore):
             await self._check_boundary(source, base, "fork offset")
             chain = self._view(source, base)
             if o.fork_sub_offset:
-                records.append(await self._fork_prefix(source, base, o.fork_sub_offset))
+                records.append(await fork_prefix(functools.partial(self._record_at, source),
+                                                 base, o.fork_sub_offset, source.json))
         records.extend(initial_records(content_type, o.data, o.closed))
-        ttl, expires_at = o.ttl, o.expires_at
-        if source is not None and ttl is None and expires_at is None:
-            ttl, expires_at = source.ttl, source.expires()
+        inherited = None if source is None else (source.ttl, source.expires())
+        ttl, expires_at = created_expiry(o, inherited)
         row = Row(path=path, rid=uuid.uuid4().hex, content_type=content_type, created_at=now,
                   last_access=now, ttl=ttl,
                   expires_at=expires_at.isoformat() if expires_at else None,
@@ -693,12 +701,6 @@ class SharedStreamStore(StreamStore):
             if recs:
                 return recs[0]
         return None
-
-    async def _fork_prefix(self, source: Row, offset: int, n: int) -> tuple:
-        rec = await self._record_at(source, offset)
-        while rec is not None and rec.msg_count == 0:  # a checkpoint or close
-            rec = await self._record_at(source, rec.next_offset)
-        return prefix_record(rec, n, source.json)
 
     # ---- metadata, append -------------------------------------------------------
 
@@ -897,8 +899,8 @@ class SharedStreamStore(StreamStore):
                         first = False
                         if rec.offset != offset:
                             raise errors.InvalidOffset(offset)
-                    need = len(rec.payload) + (1 if row.json and rec.payload and parts else 0)
-                    if taken and size + need > budget:
+                    need = part_size(rec.payload, row.json, bool(parts))
+                    if not fits(need, budget - size, not taken):
                         return parts, offset
                     if rec.payload:
                         parts.append(rec.payload)
