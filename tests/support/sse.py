@@ -41,18 +41,20 @@ class SSEParser:
         self.comments = 0
 
     def feed(self, data: bytes, chunk: int = -1, eof: bool = False) -> list[SSEEvent]:
-        self._buf += data
+        buf = self._buf + data
         events = []
+        at = 0  # where the next line starts (the buffer is cut once, at the end)
         while True:
-            m = self._LINE.search(self._buf)
+            m = self._LINE.search(buf, at)
             if m is None:
                 break
-            if m.group() == b"\r" and m.end() == len(self._buf) and not eof:
+            if m.group() == b"\r" and m.end() == len(buf) and not eof:
                 break  # a CR at the end may be the first half of a CRLF
-            line, self._buf = self._buf[:m.start()], self._buf[m.end():]
-            ev = self._line(line.decode("utf-8"), chunk)
+            ev = self._line(buf[at:m.start()].decode("utf-8"), chunk)
+            at = m.end()
             if ev is not None:
                 events.append(ev)
+        self._buf = buf[at:]
         return events
 
     def _line(self, line: str, chunk: int):
