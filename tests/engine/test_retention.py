@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import bisect
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
 from unbroken_engine import errors
 from unbroken_engine.log import layout
-from unbroken_engine import _native as nat
-from unbroken_engine.log import segmented as log_module
 from unbroken_engine.log.segmented import HEADER, Durability, LogConfig, SegmentedLog
 
 SMALL = LogConfig(segment_size=4096, index_interval=128, durability=Durability.NEVER)
@@ -144,20 +145,31 @@ def test_retention_survives_reopen(tmp_path):
         check_retained(log, records, bases[4])
 
 
-class InjectedCrash(BaseException):
-    """The process dies here: the log object is abandoned, the files stay as
-    they are (a process crash keeps what was written through the mapping)."""
+#: run in a subprocess that SIGKILLs itself at a step of the roll
+#: (UNBROKEN_TEST_KILL_AT, unbroken_engine/_testhooks.py): retention, then a
+#: record larger than a segment, which replaces the empty active segment
+CRASHING_WRITER = """
+import sys
+from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
+directory, end, drops = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+log = SegmentedLog.open(directory, LogConfig(segment_size=4096, index_interval=128,
+                                             durability=Durability.NEVER))
+assert log.drop_before(end) == drops and log.start_offset == end
+log.write(b"L" * (2 * 4096))
+print("the roll finished: the crash point was never reached")
+"""
 
 
-@pytest.mark.parametrize("where", ["creating the new segment", "renaming it into place"])
-def test_offsets_never_go_back_after_retention_and_a_crash_in_a_roll(tmp_path, monkeypatch,
-                                                                      where):
+@pytest.mark.parametrize("step", ["roll.created", "roll.sealed", "roll.renamed", "roll.synced"])
+def test_offsets_never_go_back_after_retention_and_a_crash_in_a_roll(tmp_path, step):
     """Retention dropped every sealed segment and the active one is empty (the
     process crashed right after a roll, before the append that caused it). A
     record larger than a segment then replaces that empty segment, and the
-    process dies while the replacement is being created. On reopen the log
-    must still start and end where it did: offsets handed out before must not
-    be reused for new data."""
+    process dies while the replacement is being made -- really dies: a
+    subprocess SIGKILLs itself at each step of the roll (new file created
+    under its temporary name; nothing to seal; renamed over the empty
+    segment; directory synced). On reopen the log must still start and end
+    where it did: offsets handed out before must not be reused for new data."""
     log, records, bases = build(tmp_path)
     while len(list(tmp_path.glob("*.seg"))) == len(bases):
         log.write(b"z" * 300)  # until a roll: the new segment holds just this record
@@ -166,24 +178,19 @@ def test_offsets_never_go_back_after_retention_and_a_crash_in_a_roll(tmp_path, m
     bases.append(int(newest.stem))
     # the crash came after the roll created the segment, before the append
     os.truncate(newest, HEADER)
-    log = SegmentedLog.open(tmp_path, SMALL)
-    end, count = log.end_offset, log.message_count
+    with SegmentedLog.open(tmp_path, SMALL) as log:
+        end, count = log.end_offset, log.message_count
     assert end == int(newest.stem) > 0
-    assert log.drop_before(end) == len(bases) - 1
-    assert log.start_offset == end
 
-    def crash(*args, **kwargs):
-        raise InjectedCrash
-
-    if where == "creating the new segment":
-        monkeypatch.setattr(nat.NativeSegment, "create", crash)
-    else:
-        monkeypatch.setattr(log_module.os, "replace", crash)
-    with pytest.raises(InjectedCrash):
-        log.write(b"L" * (2 * SMALL.segment_size))
-    monkeypatch.undo()
-    del log  # abandoned, never closed: the process is gone
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASHING_WRITER, str(tmp_path), str(end), str(len(bases) - 1)],
+        env={**os.environ, "UNBROKEN_TEST_KILL_AT": f"{step}:1"},
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout, proc.stderr)
+    assert f"test hook: SIGKILL at {step}" in proc.stderr, proc.stderr
+    assert [int(p.stem) for p in tmp_path.glob("*.seg")] == [end]  # retention happened
     with SegmentedLog.open(tmp_path, SMALL) as log:
         assert (log.start_offset, log.end_offset, log.message_count) == (end, end, count)
         off = log.write(b"next")
         assert off > end
+    assert not list(tmp_path.glob("*.tmp"))

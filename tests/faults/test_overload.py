@@ -766,13 +766,17 @@ def soak(tmp_path, server_process, seconds: float) -> None:
     warm = Soak(port, min(5.0, seconds / 4), seed=1)
     warm.run()  # every path taken once before the baseline: imports, caches, pools
     assert not warm.problems, warm.problems[:5]
+    # Both measurements are taken once the server is quiet (settled), not
+    # after a sleep: the soak gives the expiry sweeper nothing to do (no
+    # stream has a TTL or an Expires-At, none is forked, so none is ever
+    # soft-deleted; a DELETE removes at once), and what it releases
+    # otherwise -- connections, bodies, readers, descriptors -- is what
+    # settled() waits for.
     settled(port, pid)
-    time.sleep(1)
     baseline_fds, before = fd_count(pid), proc_memory(pid)
     run = Soak(port, seconds, seed=2)
     run.run()
     state = settled(port, pid, baseline_fds)
-    time.sleep(1)  # let the expiry sweeper and the collector run once more
     after_fds, after = fd_count(pid), proc_memory(pid)
     growth = after["VmRSS"] - before["VmRSS"]
     print(f"\nsoak {seconds:.0f} s: {run.requests} requests {dict(sorted(run.statuses.items()))}; "

@@ -338,6 +338,15 @@ async def test_idle_connection_is_closed_quietly(make_ctx, open_pair):
     assert ctx.connections == 0
 
 
+async def until_inflight(ctx, n: int) -> None:
+    """Return once ``n`` request-body bytes are in flight (reserved when the
+    server takes in a body: its whole Content-Length, or each chunk as it
+    arrives): the server is then reading that body."""
+    with anyio.fail_after(10):
+        while ctx.inflight_bytes != n:
+            await anyio.sleep(0.001)
+
+
 async def test_client_vanishing_mid_body_appends_nothing(make_ctx, open_pair):
     ctx = make_ctx()
     await ctx.store.create("v", _text_options())
@@ -350,10 +359,11 @@ async def test_client_vanishing_mid_body_appends_nothing(make_ctx, open_pair):
             else:
                 await pair.send_raw(pair.request_bytes(
                     "POST", S + "v", [TEXT, ("Content-Length", "100")]) + b"partial")
-            await anyio.sleep(0.01)
+            await until_inflight(ctx, len(b"partial") if chunked else 100)  # mid-body
             await pair.stream.send_eof()  # the client is gone
             await pair.wait_server_done()
     assert await tail(ctx, "v") == before
+    assert ctx.inflight_bytes == 0  # the bodies' reservations are given back
     async with open_pair(ctx) as other:  # the server keeps serving others
         assert (await other.request("POST", S + "v", [TEXT], b"ok")).status == 204
     assert await contents(ctx, "v") == b"ok"
@@ -368,8 +378,11 @@ async def test_client_vanishing_mid_body_over_tcp(make_ctx, run_server):
             c = await server.connect()
             await c.send_raw(c.request_bytes("POST", S + "v", [TEXT, ("Content-Length", "1000")])
                              + b"x" * 500)
-            await anyio.sleep(0.02)
+            await until_inflight(ctx, 1000)  # the server is reading the body...
             await c.aclose()
+            with anyio.fail_after(10):  # ...and notices the client is gone
+                while ctx.connections or ctx.inflight_bytes:
+                    await anyio.sleep(0.001)
         r = await server.request("POST", S + "v", [TEXT], b"after")
         assert r.status == 204
         assert await contents(ctx, "v") == b"after"
@@ -624,11 +637,17 @@ async def test_shutdown_lets_an_in_flight_append_finish(make_ctx, run_server):
         client = await server.connect()
         await client.send_raw(client.request_bytes(
             "POST", S + "sd", [TEXT, ("Content-Length", "10")]) + b"01234")
-        await anyio.sleep(0.05)
+        await until_inflight(ctx, 10)  # the append is in flight: head read, body half-sent
         ctx.shutdown()
-        await anyio.sleep(0.05)
-        with pytest.raises(OSError):  # no longer accepting
-            await anyio.connect_tcp("127.0.0.1", server.port)
+        with anyio.fail_after(10):  # the server stops accepting (it closes its listener)
+            while True:
+                try:
+                    late = await anyio.connect_tcp("127.0.0.1", server.port)
+                except OSError:
+                    break
+                await late.aclose()  # got in before the listener closed: try again
+                await anyio.sleep(0.001)
+        assert ctx.inflight_bytes == 10  # the append still waits for the rest of its body
         await client.send_raw(b"56789")
         r = await client.read_response("POST")
         assert r.status == 204
