@@ -35,8 +35,8 @@ What it leaves to weaker invariants, and why:
 * how many appends a read with a small ``max_bytes`` returns -- the store's
   choice; the model checks its documented rule (store.py, protocol-choices:
   a read returns whole appends, at least one below the tail, over the budget
-  only for a single append, all of them when they fit) and chained reads
-  reach the tail;
+  only for a single append, all of them when they fit with a byte to spare)
+  and chained reads reach the tail;
 * a read at an offset the stream never returned (another stream's, one past
   one, an arbitrary number): 400, or a run of whole appends ending at the
   returned next offset; 400 when the model knows it is no boundary;
@@ -44,6 +44,9 @@ What it leaves to weaker invariants, and why:
   do not remove on a read-only lookup, so the list is judged as a subset of
   the paths that may still have been there; the effect is judged exactly
   by the next ``list_streams``;
+* a known bug, tolerated here and pinned by a strict xfail at the end: the
+  shared stores answer 404 for an expired stream with live forks until a
+  sweep soft-deletes it (410 in the memory and file stores, as documented);
 * the order of checks the spec leaves open: an empty body is refused before
   or after the stream lookup (a parameter of the model: the shared stores
   refuse it first), a stale producer epoch on a closed stream is 403 or 409.
@@ -112,6 +115,7 @@ StreamModel, media = stream_model.StreamModel, stream_model.media
 CONFIG = LogConfig(segment_size=8192, index_interval=256, durability=Durability.ALWAYS)
 
 PATHS = ["a", "b", "f/x", "f/y"]
+FORK_PATHS = PATHS + ["f/z"]  # one only forks go to, so that a fork mostly finds room
 CONTENT_TYPES = ["application/octet-stream", "text/plain", "text/plain; charset=utf-8",
                  "TEXT/PLAIN", "application/json", "application/json; charset=utf-8"]
 # byte-wise ordered: "a" < "a0" < "b" < "c" < "c~"
@@ -164,14 +168,18 @@ def printable(value):
 class StoreMachine(RuleBasedStateMachine):
     """Drives one store (``kind``) and judges every answer with the model."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, in_hypothesis: bool = True):
         super().__init__()
         self.kind = kind
+        self.in_hypothesis = in_hypothesis
         self.dir = tempfile.mkdtemp(prefix="unbroken-model-") if kind == "file" else None
         self.prefix = unique_prefix(kind, "mdl")
         # a day ahead of the OS clock: see the module docstring
         self.now = float(int(time.time())) + 86400.0
-        self.model = StreamModel(empty_body_first=kind in URL_VARS)
+        # the shared stores' known 404 for an expired source with live forks
+        # is tolerated in the state machine and pinned below, strictly
+        self.model = StreamModel(empty_body_first=kind in URL_VARS,
+                                 expired_may_404=kind in URL_VARS and in_hypothesis)
         self._portal_cm = start_blocking_portal("asyncio")
         self.portal = self._portal_cm.__enter__()
         self.store = None
@@ -210,8 +218,9 @@ class StoreMachine(RuleBasedStateMachine):
             raise AssertionError(f"{method}{args!r} answered {printable(outcome[1])!r}: "
                                  f"{exc}") from None
         self._note(outcome)
-        kind = type(outcome[1]).__name__ if outcome[0] == "raised" else "ok"
-        event(f"{method}: {kind}")
+        if self.in_hypothesis:
+            kind = type(outcome[1]).__name__ if outcome[0] == "raised" else "ok"
+            event(f"{method}: {kind}")
         return outcome
 
     def _note(self, outcome):
@@ -272,6 +281,10 @@ class StoreMachine(RuleBasedStateMachine):
 
     def create_stream(self, path, options):
         options = self.keep_closed_state(path, options)
+        source = options.fork_from and self.model_stream(options.fork_from)
+        if source and options.fork_offset is not None and source.known_unit(
+                options.fork_offset) is None and not source.not_a_boundary(options.fork_offset):
+            return  # a repeat whose fork offset this source never returned: no judge
         outcome = self.call("create", path, options)
         if outcome[0] == "ok":
             self.created.append((path, options))
@@ -300,20 +313,25 @@ class StoreMachine(RuleBasedStateMachine):
                                                expires_at=expires_at, closed=closed, data=body))
 
     @rule(content_type=st.one_of(st.none(), st.none(), st.sampled_from(CONTENT_TYPES)),
-          ttl=ttls, sub_offset=st.one_of(st.just(0), st.integers(0, 3)),
+          ttl=ttls, sub_offset=st.integers(0, 3),
           closed=rarely, data=st.data())
     def fork(self, content_type, ttl, sub_offset, closed, data):
         """A fork at the default tail, at an offset the source returned, or at
         one past it where the model knows that is no boundary."""
-        free = st.sampled_from([p for p in PATHS if p not in self.live] or PATHS)
-        path = data.draw(st.one_of(free, free, free, st.sampled_from(PATHS)), label="path")
         source = self.draw_path(data, "source")
+        free = st.sampled_from([p for p in FORK_PATHS if p not in self.live and p != source]
+                               or FORK_PATHS)
+        path = data.draw(st.one_of(free, free, free, free, free, st.sampled_from(PATHS)),
+                         label="path")
         s = self.model.streams.get(source)
-        choices = [None]
+        offsets = st.just(None)
         if s is not None:
             known = sorted(t for t, u in s.tokens.items() if len(u) == 1)
-            choices += known + [t + 1 for t in known if s.not_a_boundary(t + 1)]
-        offset = data.draw(st.sampled_from(choices), label="fork_offset")
+            inside = [t for t in known if t < s.tail]  # a sub-offset needs an append after
+            past = [t + 1 for t in known if s.not_a_boundary(t + 1)]
+            offsets = st.one_of(offsets, *(st.sampled_from(c) for c in (known, inside, inside,
+                                                                         past) if c))
+        offset = data.draw(offsets, label="fork_offset")
         body = data.draw(st.one_of(st.just(b""), st.just(b""), BODIES_ANY), label="body")
         self.create_stream(path, CreateOptions(content_type=content_type, ttl=ttl,
                                                closed=closed, data=body, fork_from=source,
@@ -457,3 +475,43 @@ def test_store_against_model(kind):
     if kind in URL_VARS and not os.environ.get(URL_VARS[kind]):
         pytest.skip(f"{URL_VARS[kind]} is not set: no {kind} server to drive")
     run_state_machine_as_test(lambda: StoreMachine(kind), settings=machine_settings(kind))
+
+
+# ---- a divergence the model found, pinned down ---------------------------------------------
+
+SHARED_404_FOR_EXPIRED_SOURCE = (
+    "the shared stores answer an expired stream that still has live forks with 404 "
+    "(SharedStreamStore._live) until a sweep or transaction soft-deletes it; "
+    "docs/protocol-choices.md says 410")
+
+
+@pytest.mark.parametrize("kind", [
+    "memory", "file",
+    pytest.param("redis", marks=pytest.mark.xfail(strict=True,
+                                                  reason=SHARED_404_FOR_EXPIRED_SOURCE)),
+    pytest.param("postgres", marks=pytest.mark.xfail(strict=True,
+                                                     reason=SHARED_404_FOR_EXPIRED_SOURCE)),
+])
+def test_an_expired_source_with_a_live_fork_is_soft_deleted(kind):
+    """An expired stream that still has forks is soft-deleted: 410 for every
+    direct operation, 409 for a re-create, its data kept for the fork
+    (docs/protocol-choices.md, Reading and Deleting); judged by the model."""
+    if kind in URL_VARS and not os.environ.get(URL_VARS[kind]):
+        pytest.skip(f"{URL_VARS[kind]} is not set: no {kind} server to drive")
+    m = StoreMachine(kind, in_hypothesis=False)
+    try:
+        m.create_stream("s", CreateOptions(ttl=5, data=b"kept"))
+        m.now += 3
+        m.create_stream("f", CreateOptions(fork_from="s"))  # inherits ttl=5, from now
+        m.now += 3  # "s" expired, "f" not
+        assert m.model.status("s", m.now)[0] == "soft"
+        m.call("get", "s")
+        m.call("read", "s", START, DEFAULT_READ_CHUNK)
+        m.call("append", "s", b"x", AppendOptions())
+        m.call("create", "s", CreateOptions(ttl=5))
+        m.call("read", "f", START, DEFAULT_READ_CHUNK)
+        m.now += 5  # the fork expires too: both go
+        m.call("get", "s")
+        m.call("create", "s", CreateOptions())
+    finally:
+        m.teardown()
