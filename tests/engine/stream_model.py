@@ -162,16 +162,11 @@ class StreamModel:
         nor close before looking the stream up (so no 404, and no renewal of
         a sliding TTL). The spec orders no checks; the memory and file stores
         look first, the shared stores do not.
-    :param expired_may_404: a KNOWN BUG tolerated: an expired stream with
-        live forks may answer 404 where protocol-choices.md says 410 (the
-        shared stores, until a sweep soft-deletes it; pinned by a strict
-        xfail in test_store_model.py, remove this when that passes)
     """
 
-    def __init__(self, *, empty_body_first: bool, expired_may_404: bool = False):
+    def __init__(self, *, empty_body_first: bool):
         self.streams: dict[str, MStream] = {}
         self.empty_body_first = empty_body_first
-        self.expired_may_404 = expired_may_404
         self.may_sweep: set[str] = set()  # what a sweep may still list
 
     # ---- status -------------------------------------------------------------------
@@ -211,9 +206,6 @@ class StreamModel:
     def gone_error(self, path: str, state: str):
         if state == "missing":
             return errors.StreamNotFound
-        s = self.streams[path]
-        if self.expired_may_404 and not s.soft_deleted:  # soft-deleted by expiry
-            return (errors.StreamSoftDeleted, errors.StreamNotFound)
         return errors.StreamSoftDeleted
 
     # ---- create ---------------------------------------------------------------------

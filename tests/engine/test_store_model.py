@@ -44,15 +44,11 @@ What it leaves to weaker invariants, and why:
   do not remove on a read-only lookup, so the list is judged as a subset of
   the paths that may still have been there; the effect is judged exactly
   by the next ``list_streams``;
-* a known bug, tolerated here and pinned by a strict xfail at the end: the
-  shared stores answer 404 for an expired stream with live forks until a
-  sweep soft-deletes it (410 in the memory and file stores, as documented);
 * the order of checks the spec leaves open: an empty body is refused before
   or after the stream lookup (a parameter of the model: the shared stores
   refuse it first), a stale producer epoch on a closed stream is 403 or 409.
 
 Re-PUT and Stream-Closed (§5.1): see ``SPEC_5_1_CLOSED_REPUT`` in the model.
-While it is False, re-creates of an existing stream keep to its closed state.
 
 The fake clock starts a day ahead of the OS clock: after a restart the file
 store takes a sliding TTL's last access as the latest of the one saved at
@@ -176,10 +172,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.prefix = unique_prefix(kind, "mdl")
         # a day ahead of the OS clock: see the module docstring
         self.now = float(int(time.time())) + 86400.0
-        # the shared stores' known 404 for an expired source with live forks
-        # is tolerated in the state machine and pinned below, strictly
-        self.model = StreamModel(empty_body_first=kind in URL_VARS,
-                                 expired_may_404=kind in URL_VARS and in_hypothesis)
+        self.model = StreamModel(empty_body_first=kind in URL_VARS)
         self._portal_cm = start_blocking_portal("asyncio")
         self.portal = self._portal_cm.__enter__()
         self.store = None
@@ -477,21 +470,9 @@ def test_store_against_model(kind):
     run_state_machine_as_test(lambda: StoreMachine(kind), settings=machine_settings(kind))
 
 
-# ---- a divergence the model found, pinned down ---------------------------------------------
+# ---- a divergence the model found (the shared stores answered 404) -----------------------------
 
-SHARED_404_FOR_EXPIRED_SOURCE = (
-    "the shared stores answer an expired stream that still has live forks with 404 "
-    "(SharedStreamStore._live) until a sweep or transaction soft-deletes it; "
-    "docs/protocol-choices.md says 410")
-
-
-@pytest.mark.parametrize("kind", [
-    "memory", "file",
-    pytest.param("redis", marks=pytest.mark.xfail(strict=True,
-                                                  reason=SHARED_404_FOR_EXPIRED_SOURCE)),
-    pytest.param("postgres", marks=pytest.mark.xfail(strict=True,
-                                                     reason=SHARED_404_FOR_EXPIRED_SOURCE)),
-])
+@pytest.mark.parametrize("kind", ["memory", "file", "redis", "postgres"])
 def test_an_expired_source_with_a_live_fork_is_soft_deleted(kind):
     """An expired stream that still has forks is soft-deleted: 410 for every
     direct operation, 409 for a re-create, its data kept for the fork

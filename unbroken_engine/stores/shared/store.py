@@ -516,28 +516,37 @@ class SharedStreamStore(StreamStore):
     def _is_expired(row: Row, now: float) -> bool:
         return is_expired(row.expires(), row.ttl, row.last_access, now)
 
-    def _live(self, row: Row | None, path: str, now: float, *, soft_ok=False) -> Row:
-        """The row if it may be served (not missing, expired or soft-deleted)."""
-        if row is None or (not row.soft_deleted and self._is_expired(row, now)):
+    async def _checked(self, load, row: Row | None, path: str, now: float) -> Row:
+        """``row`` (read by ``load``: the backend, or a transaction) if it may
+        be served. A stream that expired while forks still read through it is
+        soft-deleted by its expiry -- 410, as the in-process stores answer
+        (the next sweep records it) -- and a soft-deleted one whose forks have
+        all expired counts as gone.
+
+        :raises StreamNotFound: missing, or expired (or soft-deleted) with no live fork
+        :raises StreamSoftDeleted: soft-deleted, or expired, with a live fork
+        """
+        if row is None:
             raise errors.StreamNotFound(path)
-        if row.soft_deleted and not soft_ok:
-            raise errors.StreamSoftDeleted(path)
+        if row.soft_deleted or self._is_expired(row, now):
+            if await self._live_fork(load, row, now):
+                raise errors.StreamSoftDeleted(path)
+            raise errors.StreamNotFound(path)
         return row
 
+    async def _live_fork(self, load, row: Row, now: float) -> bool:
+        """Whether a fork still reads through ``row`` (a soft-deleted fork
+        does: its own forks read through it; an expired one does not)."""
+        for fpath, frid in row.forks:
+            fork = await load(fpath)
+            if fork is not None and fork.rid == frid and (
+                    fork.soft_deleted or not self._is_expired(fork, now)):
+                return True
+        return False
+
     async def _served(self, path: str, now: float) -> Row:
-        """The row at ``path`` read without a transaction, if it may be served.
-        A soft-deleted stream whose forks have all expired counts as gone
-        (the next transaction or sweep that meets it removes it)."""
-        row = await self._b.load(path)
-        if row is not None and row.soft_deleted:
-            for fpath, frid in row.forks:
-                fork = await self._b.load(fpath)
-                if fork is not None and fork.rid == frid and (
-                        fork.soft_deleted or not self._is_expired(fork, now)):
-                    break
-            else:
-                row = None
-        return self._live(row, path, now)
+        """The row at ``path`` read without a transaction, if it may be served."""
+        return await self._checked(self._b.load, await self._b.load(path), path, now)
 
     def _meta(self, row: Row) -> StreamMeta:
         return StreamMeta(row.path, row.content_type, row.tail, row.closed_at is not None,
@@ -768,7 +777,8 @@ class SharedStreamStore(StreamStore):
 
     async def _append(self, tx: Tx, path: str, data: bytes, o: AppendOptions) -> AppendResult:
         now = self._now()
-        row = self._live(await tx.get(path, o.producer.id if o.producer else None), path, now)
+        row = await self._checked(tx.get, await tx.get(path, o.producer.id if o.producer else None),
+                                  path, now)
         close_only = not data
         p = o.producer
         if row.ttl is not None and row.expires_at is None:
