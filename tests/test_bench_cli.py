@@ -308,7 +308,7 @@ def test_tiny_text_run(tmp_path, capsys):
 
 # ---- the bench sub-commands are loaded only when chosen ------------------------------------
 
-def test_serve_does_not_import_the_benchmarks():
+def test_serve_does_not_import_the_benchmarks(tmp_path):
     code = """
 import sys
 from unbroken_server import cli
@@ -320,8 +320,9 @@ cli.build_parser().parse_args(["serve", "--port", "0"])
 loaded = sorted(m for m in sys.modules if m.startswith("unbroken_benches"))
 assert not loaded, loaded
 """
+    # run outside the repository root: its source tree would shadow the install
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
 
 

@@ -185,6 +185,7 @@ def test_offsets_never_go_back_after_retention_and_a_crash_in_a_roll(tmp_path, s
     proc = subprocess.run(
         [sys.executable, "-c", CRASHING_WRITER, str(tmp_path), str(end), str(len(bases) - 1)],
         env={**os.environ, "UNBROKEN_TEST_KILL_AT": f"{step}:1"},
+        cwd=tmp_path,  # not the repository root: its source tree would shadow the install
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout, proc.stderr)
     assert f"test hook: SIGKILL at {step}" in proc.stderr, proc.stderr
