@@ -19,12 +19,16 @@ VmRSS / RssAnon in ``/proc/PID/status`` and the entries of ``/proc/PID/fd``.
 * in-process: a live-reader slot is given back exactly once however the
   response ends (closed before its head went out, closed half-way, ended by
   itself, a long-poll, a 404), and the connection cap fits RLIMIT_NOFILE;
-* a soak: ~20 s of mixed load (connect/disconnect churn, bursts over the
+* a soak: ~10 s of mixed load (connect/disconnect churn, bursts over the
   connection cap, SSE readers coming and going, long-polls, appends, creates
   and deletes, requests abandoned mid-body), then open descriptors are back
-  to the baseline and VmRSS grew by less than ``SOAK_RSS_BOUND``. The long
-  variant (``slow`` marker) runs for ``$UNBROKEN_SOAK_SECONDS`` and is
-  skipped without it.
+  to the baseline. The long variant (``slow`` marker) runs for
+  ``$UNBROKEN_SOAK_SECONDS`` (skipped without it) and also bounds VmRSS
+  growth by ``SOAK_RSS_BOUND``.
+
+The memory bounds are checked by the ``slow`` variants only (``-m slow``,
+which ``.ci/run`` runs every time): resident memory depends on the machine,
+so the default run checks what the server does, not how much it holds.
 
 Memory is measured as anonymous memory (RssAnon) where the test appends a lot
 of data: the file store maps its segments, so the data written would show in
@@ -417,8 +421,15 @@ def flood_bodies(port: int, writers: int, rounds: int, size: int, streams: int):
     return results, errors
 
 
+#: the memory bound is checked by the ``slow`` variant: a bound on resident
+#: memory depends on the machine, so the default run checks the behaviour only
+MEMORY = [pytest.param(False, id="behaviour"),
+          pytest.param(True, id="memory", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("memory", MEMORY)
 def test_a_body_flood_over_max_inflight_bytes_gets_503_and_memory_stays_bounded(
-        tmp_path, server_process):
+        tmp_path, server_process, memory):
     cap, size, writers, rounds, streams = 8 * MiB, 8 * MiB, 32, 2, 8
     sp = server_process(tmp_path / "data", "--max-inflight-bytes", str(cap))
     port, pid = sp.port, sp.proc.pid
@@ -446,7 +457,8 @@ def test_a_body_flood_over_max_inflight_bytes_gets_503_and_memory_stays_bounded(
     # in flight at once: the cap (one body here), which exists in two or three
     # copies while it is read and appended: ~30 MiB measured. Without the cap
     # the same flood peaked at +230 MiB (32 bodies of 8 MiB, and their copies).
-    assert growth < 100 * MiB, f"RssAnon grew by {growth / MiB:.1f} MiB"
+    if memory:
+        assert growth < 100 * MiB, f"RssAnon grew by {growth / MiB:.1f} MiB"
     assert state["refused"]["bodies"] == busy
     # what was acknowledged is there, once each, whole
     appended = 0
@@ -467,8 +479,9 @@ def test_a_body_flood_over_max_inflight_bytes_gets_503_and_memory_stays_bounded(
 
 # ---- SSE readers that stop reading ---------------------------------------------------------------
 
+@pytest.mark.parametrize("memory", MEMORY)
 def test_sse_readers_that_never_read_cost_a_bounded_amount_and_are_cut_off(
-        tmp_path, server_process):
+        tmp_path, server_process, memory):
     slow_readers, appends, size = 16, 320, 64 * KiB
     sp = server_process(tmp_path / "data", "--durability", "never")
     port, pid = sp.port, sp.proc.pid
@@ -520,7 +533,8 @@ def test_sse_readers_that_never_read_cost_a_bounded_amount_and_are_cut_off(
     assert got[0] == lines, "the reader that reads got every line"
     # at most about one chunk (<= 1 MiB read chunk) waits per slow reader, and a
     # slice of it in the socket's buffer
-    assert growth < 64 * MiB, f"RssAnon grew by {growth / MiB:.1f} MiB"
+    if memory:
+        assert growth < 64 * MiB, f"RssAnon grew by {growth / MiB:.1f} MiB"
     # a send that cannot progress ends the connection (sse_send_timeout)
     wait_until(lambda: health(port)["live_readers"] <= 1, "the slow readers to be cut off")
     status, _, body = request(port, "GET", S + "firehose?offset=-1")
@@ -756,8 +770,9 @@ class Soak:
                 self.problem(f"{path} not deleted")
 
 
-def soak(tmp_path, server_process, seconds: float) -> None:
-    """Warm up, measure, run :class:`Soak` for ``seconds``, settle, measure again."""
+def soak(tmp_path, server_process, seconds: float, memory: bool) -> None:
+    """Warm up, measure, run :class:`Soak` for ``seconds``, settle, measure
+    again; with ``memory``, VmRSS must have grown by less than the bound."""
     # caps low enough that the load crosses each of them now and then: bursts
     # of 40 connections, 8 live workers, two bodies abandoned at once
     sp = server_process(tmp_path / "data", "--max-connections", "32", "--max-live-readers", "6",
@@ -789,12 +804,13 @@ def soak(tmp_path, server_process, seconds: float) -> None:
     assert state["refused"]["connections"] and state["refused"]["live_readers"] \
         and state["refused"]["bodies"], "a cap was never reached"
     assert after_fds <= baseline_fds + SOAK_FD_SLACK
-    assert growth < SOAK_RSS_BOUND, f"VmRSS grew by {growth / MiB:.1f} MiB"
+    if memory:
+        assert growth < SOAK_RSS_BOUND, f"VmRSS grew by {growth / MiB:.1f} MiB"
     assert sp.stop() == 0
 
 
-def test_soak_mixed_load_leaves_no_descriptor_and_bounded_memory(tmp_path, server_process):
-    soak(tmp_path, server_process, 20.0)
+def test_soak_mixed_load_leaves_no_descriptor_and_refuses_cleanly(tmp_path, server_process):
+    soak(tmp_path, server_process, 10.0, memory=False)
 
 
 @pytest.mark.slow
@@ -803,4 +819,4 @@ def test_soak_long(tmp_path, server_process):
     seconds = os.environ.get("UNBROKEN_SOAK_SECONDS")
     if not seconds:
         pytest.skip("set UNBROKEN_SOAK_SECONDS to run the long soak")
-    soak(tmp_path, server_process, float(seconds))
+    soak(tmp_path, server_process, float(seconds), memory=True)
