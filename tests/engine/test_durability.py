@@ -34,6 +34,7 @@ from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
 from unbroken_engine.protocol.producers import ProducerOutcome
 from unbroken_engine.stores.file import FileBackedStreamStore
 from unbroken_engine.stores.interface import AppendOptions, CreateOptions, Producer
+from support.flushes import WorkerThreadsHeld
 
 #: liveness bound of any wait below (never a timing assertion)
 TIMEOUT = 10.0
@@ -43,25 +44,6 @@ def config(durability, **kw):
     kw.setdefault("segment_size", 16 * 1024)  # small: concurrent appends cross rolls
     kw.setdefault("index_interval", 256)
     return LogConfig(durability=durability, **kw)
-
-
-class WorkerThreadsHeld:
-    """Every token of anyio's default worker-thread limiter, held: a task
-    that wants a worker thread -- the log's async flush runs in one -- waits
-    until :meth:`release`. Nothing of the log is replaced; its first flush is
-    just not started until the test has seen every append written."""
-
-    async def hold(self) -> "WorkerThreadsHeld":
-        self.limiter = anyio.to_thread.current_default_thread_limiter()
-        self.borrowers = [object() for _ in range(int(self.limiter.total_tokens))]
-        for b in self.borrowers:
-            await self.limiter.acquire_on_behalf_of(b)
-        return self
-
-    def release(self) -> None:
-        for b in self.borrowers:
-            self.limiter.release_on_behalf_of(b)
-        self.borrowers = []
 
 
 FLUSHER = "unbroken-flusher"  # the name of the background flusher's thread

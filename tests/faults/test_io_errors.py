@@ -53,6 +53,7 @@ from unbroken_engine import _native as nat
 from unbroken_engine.stores.file import LOCK_NAME
 from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
 from unbroken_engine.stores.interface import CreateOptions
+from support.flushes import WorkerThreadsHeld
 
 ALWAYS = LogConfig(durability=Durability.ALWAYS)
 TEXT = {"Content-Type": "text/plain"}
@@ -69,25 +70,6 @@ def acked_durable(log: SegmentedLog, off: int) -> int:
     "a good flush covered it"."""
     assert log.durable_offset >= off, f"{off} acknowledged, durable only to {log.durable_offset}"
     return off
-
-
-class WorkerThreadsHeld:
-    """Every token of anyio's default worker-thread limiter, held: a task
-    that wants a worker thread -- the log's async flush runs in one -- waits
-    until :meth:`release`. Nothing of the log is replaced; its first flush is
-    just not started until the test has seen every append written."""
-
-    async def hold(self) -> "WorkerThreadsHeld":
-        self.limiter = anyio.to_thread.current_default_thread_limiter()
-        self.borrowers = [object() for _ in range(int(self.limiter.total_tokens))]
-        for b in self.borrowers:
-            await self.limiter.acquire_on_behalf_of(b)
-        return self
-
-    def release(self) -> None:
-        for b in self.borrowers:
-            self.limiter.release_on_behalf_of(b)
-        self.borrowers = []
 
 
 # ---- the log --------------------------------------------------------------------------------------
