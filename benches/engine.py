@@ -71,15 +71,26 @@ from typing import Callable, ContextManager, Iterator, Sequence
 
 import anyio
 
-from unbroken_engine import Durability, LogConfig, SegmentedLog
-from unbroken_engine import _native
+from unbroken_engine import Durability, LogConfig, SegmentedLog, _native
 
 from .harness.machine import engine_info, platform_info
-from .harness.options import (KiB, MiB, add_output_flags, choices, count_list, fmt_size,
-                              or_default, parse_size, positive_float, positive_int, split_list,
-                              unique)
-from .harness.report import json_text, render_targets as render_target_lines
+from .harness.options import (
+    KiB,
+    MiB,
+    add_output_flags,
+    choices,
+    count_list,
+    fmt_size,
+    or_default,
+    parse_size,
+    positive_float,
+    positive_int,
+    split_list,
+    unique,
+)
+from .harness.report import json_text
 from .harness.report import render_table as render_columns
+from .harness.report import render_targets as render_target_lines
 from .harness.stats import ratio
 from .harness.workloads import json_body
 

@@ -94,18 +94,51 @@ from urllib.parse import quote
 
 from .harness.client import HttpConnection, open_connections, request_bytes
 from .harness.machine import fsync_probe, load_average, platform_info
-from .harness.options import (KiB, MiB, STREAM_PREFIX, add_output_flags, base_url, choices,
-                              count_list, fmt_size, non_negative_seconds, or_default, parse_size,
-                              positive_float, positive_int, split_list, unique)
-from .harness.process import (DEFAULT_REFERENCE_MODULE, REFERENCE_ENV, UNBROKEN_READY, CpuMeter,
-                              Server, serve_command, start_process, start_reference, start_sink)
-from .harness.report import (Progress, fmt_load, fmt_run, fmt_value, json_text,
-                             render_table as render_columns, render_targets as render_target_lines,
-                             render_warnings)
+from .harness.options import (
+    STREAM_PREFIX,
+    KiB,
+    MiB,
+    add_output_flags,
+    base_url,
+    choices,
+    count_list,
+    fmt_size,
+    non_negative_seconds,
+    or_default,
+    parse_size,
+    positive_float,
+    positive_int,
+    split_list,
+    unique,
+)
+from .harness.process import (
+    DEFAULT_REFERENCE_MODULE,
+    REFERENCE_ENV,
+    UNBROKEN_READY,
+    CpuMeter,
+    Server,
+    serve_command,
+    start_process,
+    start_reference,
+    start_sink,
+)
+from .harness.report import Progress, fmt_load, fmt_run, fmt_value, json_text
+from .harness.report import render_table as render_columns
+from .harness.report import render_targets as render_target_lines
+from .harness.report import render_warnings
 from .harness.results import Run
 from .harness.stats import Latency, median_or_none, ratio
-from .harness.workloads import (SSE_DRAIN, LongPollReader, SseReader, closed_loop_appends,
-                                create_stream, json_body, sse_run, stream_name)
+from .harness.workloads import (
+    SSE_DRAIN,
+    LongPollReader,
+    SseReader,
+    closed_loop_appends,
+    create_stream,
+    json_body,
+    sse_run,
+    stream_name,
+)
+
 # ---- constants ---------------------------------------------------------------------
 
 WORKLOADS = ("append", "read", "sse", "longpoll")

@@ -96,11 +96,17 @@ from typing import Awaitable, Callable, Sequence
 import anyio
 
 from .harness.machine import engine_info, fsync_probe, load_average, platform_info
-from .harness.options import (add_output_flags, body_size, bounded_int, choices,
-                              non_negative_seconds, positive_float, positive_int)
+from .harness.options import (
+    add_output_flags,
+    body_size,
+    bounded_int,
+    choices,
+    non_negative_seconds,
+    positive_float,
+    positive_int,
+)
 from .harness.process import CpuMeter, Server, child_env
-from .harness.report import (Progress, fmt_load, fmt_value, json_text, render_table,
-                             render_warnings)
+from .harness.report import Progress, fmt_load, fmt_value, json_text, render_table, render_warnings
 from .harness.results import Run
 from .harness.stats import Latency, median_or_none, ratio
 from .harness.workloads import json_body

@@ -82,16 +82,37 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .harness.client import HttpConnection, ProtocolError, open_connections, request_bytes
 from .harness.machine import fsync_probe, load_average, platform_info
-from .harness.options import (add_output_flags, body_size, choices, count, non_negative_seconds,
-                              or_default, positive_float, positive_int)
-from .harness.process import (UNBROKEN_READY, CpuMeter, Server, child_env, serve_command,
-                              start_process)
-from .harness.report import (Progress, fmt_load, fmt_run, fmt_value, json_text, render_warnings)
+from .harness.options import (
+    add_output_flags,
+    body_size,
+    choices,
+    count,
+    non_negative_seconds,
+    or_default,
+    positive_float,
+    positive_int,
+)
+from .harness.process import (
+    UNBROKEN_READY,
+    CpuMeter,
+    Server,
+    child_env,
+    serve_command,
+    start_process,
+)
+from .harness.report import Progress, fmt_load, fmt_run, fmt_value, json_text
 from .harness.report import render_table as render_columns
+from .harness.report import render_warnings
 from .harness.results import Run
 from .harness.stats import Latency
-from .harness.workloads import (SSE_DRAIN, closed_loop_appends, create_stream, json_body,
-                                sse_run, stream_name)
+from .harness.workloads import (
+    SSE_DRAIN,
+    closed_loop_appends,
+    create_stream,
+    json_body,
+    sse_run,
+    stream_name,
+)
 from .http import readers_list
 
 # ---- constants -------------------------------------------------------------------------

@@ -6,9 +6,8 @@ import logging
 import os
 import sys
 
-from unbroken_engine.stores.file import DEFAULT_DATA_DIR
-
 from unbroken_engine.log import Durability, LogConfig
+from unbroken_engine.stores.file import DEFAULT_DATA_DIR
 
 from .context import DEFAULT_HOST, DEFAULT_PORT, PORT_ENV, ServerConfig, env_port
 

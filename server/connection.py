@@ -44,10 +44,10 @@ import anyio.abc
 import h11
 
 from . import cors
-from .errors import error_response, text_response
 from .context import RETRY_AFTER, ServerContext
-from .routing import handle
+from .errors import error_response, text_response
 from .http import Request, Response, StreamingResponse
+from .routing import handle
 
 log = logging.getLogger("unbroken.server")
 RECEIVE_SIZE = 64 * 1024

@@ -19,7 +19,6 @@ import anyio
 
 from unbroken_engine.stores.interface import StreamStore
 
-
 #: the address ``unbroken serve`` and OnePipe's embedded server listen on by default
 DEFAULT_HOST = "127.0.0.1"
 #: their port unless ``$ONEPIPE_STREAMS_PORT`` (:data:`PORT_ENV`) names another

@@ -16,14 +16,14 @@ from unbroken_engine.protocol.offsets import NOW, START, format_offset, parse_of
 from unbroken_engine.protocol.producers import ProducerOutcome
 from unbroken_engine.stores.interface import AppendOptions, CreateOptions
 
-from . import cors, live
+from . import cors
 from . import headers as h
+from . import live
+from .context import RETRY_AFTER, ServerContext
 from .errors import text_response
 from .headers import STREAM_PREFIX, HeaderError, stream_path
-from .context import RETRY_AFTER, ServerContext
 from .http import Request, Response
 from .reads import read_response
-
 
 # ---- PUT: create ------------------------------------------------------------------------
 

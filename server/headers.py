@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 from urllib.parse import unquote
 
 from unbroken_engine import errors as e
-
 from unbroken_engine.protocol.producers import MAX_PRODUCER_NUMBER
 from unbroken_engine.protocol.rules import check_path
 from unbroken_engine.stores.interface import Producer

@@ -11,9 +11,8 @@ from unbroken_engine import __version__
 from . import cors
 from .context import ServerContext
 from .errors import text_response
+from .handlers import handle_append, handle_create, handle_delete, handle_head, handle_read
 from .headers import STREAM_PREFIX, stream_path
-from .handlers import (handle_append, handle_create, handle_delete, handle_head,
-                       handle_read)
 from .http import Request, Response
 
 RESERVED_PREFIX = "__ds"

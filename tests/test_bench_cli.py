@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from unbroken_benches import engine
-from unbroken_benches.harness import options, stats
 from unbroken_benches.engine import KiB, MiB, Result, Sample, Settings
+from unbroken_benches.harness import options, stats
 from unbroken_engine import Durability
 from unbroken_server import cli
 

@@ -16,9 +16,9 @@ from unbroken_benches import onepipe as ob
 from unbroken_benches.harness import report
 from unbroken_benches.harness.process import Server
 from unbroken_benches.harness.results import Run
+from unbroken_server import cli
 from unbroken_server.onepipe import SeqConflict
 from unbroken_server.onepipe.transport import Batch
-from unbroken_server import cli
 
 NS = 1_000_000  # one millisecond in nanoseconds
 TINY = ["--quick", "--json", "--rounds", "1", "--duration", "0.1", "--warmup", "0",

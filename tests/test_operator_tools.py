@@ -27,9 +27,9 @@ import pytest
 
 from unbroken_engine import _native as nat
 from unbroken_engine.log import layout
-from unbroken_engine.stores.file import FileBackedStreamStore, lock_data_dir
 from unbroken_engine.log.segmented import Durability, LogConfig
 from unbroken_engine.protocol.offsets import format_offset
+from unbroken_engine.stores.file import FileBackedStreamStore, lock_data_dir
 from unbroken_engine.stores.interface import AppendOptions, CreateOptions, Producer
 from unbroken_engine.stores.sync import SyncStreamStore
 from unbroken_server import cli

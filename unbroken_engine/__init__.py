@@ -16,6 +16,7 @@ first use, so the engine never needs their drivers). One log, the storage primit
 Everything the engine raises is in :mod:`unbroken_engine.errors`.
 """
 from . import errors
+from ._native import MAX_PAYLOAD, json_flatten, json_validate
 from .errors import (
     CorruptSegment,
     InvalidJSON,
@@ -36,11 +37,9 @@ from .log.segmented import (
     RecoveryReport,
     SegmentedLog,
 )
-from ._native import MAX_PAYLOAD, json_flatten, json_validate
-from .stores.file import DEFAULT_DATA_DIR, FileBackedStreamStore
-from .stores.memory import MemoryStreamStore
 from .protocol.offsets import NOW, START, format_offset, parse_offset
 from .protocol.producers import ProducerOutcome
+from .stores.file import DEFAULT_DATA_DIR, FileBackedStreamStore
 from .stores.interface import (
     AppendOptions,
     AppendResult,
@@ -51,6 +50,7 @@ from .stores.interface import (
     StreamMeta,
     StreamStore,
 )
+from .stores.memory import MemoryStreamStore
 from .stores.sync import SyncStreamStore
 
 __version__ = "0.1.0"

@@ -10,7 +10,6 @@ import time
 
 from .options import KiB
 
-
 FSYNC_PROBES = 10
 
 

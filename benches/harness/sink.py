@@ -9,7 +9,6 @@ import sys
 
 from .options import MiB
 
-
 _SINK_PIECE = b"x" * (1 * MiB)
 
 

@@ -11,7 +11,7 @@ import uuid
 from typing import Sequence
 from urllib.parse import quote
 
-from .client import HttpConnection, DeferredFeed, ProtocolError, open_connections
+from .client import DeferredFeed, HttpConnection, ProtocolError, open_connections
 from .options import STREAM_PREFIX
 from .process import CpuMeter, Server
 from .results import Run

@@ -27,8 +27,7 @@ from typing import Any, Callable
 
 from .errors import CallFailed, OnePipeError, SchemaError
 from .flow import Writer, check_name
-from .runtime import resolve_runtime
-from .runtime import Runtime
+from .runtime import Runtime, resolve_runtime
 from .schema import check_json
 from .transport import Transport
 

@@ -31,6 +31,7 @@ from typing import Any, AsyncIterator, Callable, Generic, Iterable, TypeVar
 import anyio
 
 from unbroken_engine.stores.interface import Producer
+
 from .errors import OnePipeError
 from .runtime import Runtime, resolve_runtime
 from .schema import Schema

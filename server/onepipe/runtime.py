@@ -33,6 +33,7 @@ import uuid
 from pathlib import Path
 
 import anyio
+
 from unbroken_engine.stores.file import DEFAULT_DATA_DIR
 from unbroken_engine.stores.sync import BlockingLoop
 

@@ -31,8 +31,7 @@ import anyio
 
 from .errors import OnePipeError, SeqConflict
 from .flow import check_name
-from .runtime import resolve_runtime
-from .runtime import Runtime
+from .runtime import Runtime, resolve_runtime
 from .schema import Schema
 from .transport import Transport
 

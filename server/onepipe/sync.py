@@ -25,7 +25,8 @@ import inspect
 
 from unbroken_engine.stores.sync import BlockingLoop
 
-from .runtime import Runtime, connect as _connect
+from .runtime import Runtime
+from .runtime import connect as _connect
 
 __all__ = ["connect", "SyncRuntime", "Blocking"]
 

@@ -31,6 +31,7 @@ from unbroken_engine import errors as e
 from unbroken_engine.protocol.media import is_json
 from unbroken_engine.protocol.offsets import NOW, format_offset, parse_offset
 from unbroken_engine.stores.interface import AppendOptions, CreateOptions, Producer
+
 from .errors import NotFound, OnePipeError, ProducerFenced, SeqConflict, StreamClosed, Unavailable
 
 log = logging.getLogger("unbroken.onepipe")

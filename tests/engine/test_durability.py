@@ -28,13 +28,13 @@ import time
 import anyio
 import pytest
 
+from support.flushes import WorkerThreadsHeld
 from unbroken_engine import _native as nat
 from unbroken_engine import errors
 from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
 from unbroken_engine.protocol.producers import ProducerOutcome
 from unbroken_engine.stores.file import FileBackedStreamStore
 from unbroken_engine.stores.interface import AppendOptions, CreateOptions, Producer
-from support.flushes import WorkerThreadsHeld
 
 #: liveness bound of any wait below (never a timing assertion)
 TIMEOUT = 10.0

@@ -21,13 +21,18 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, invariant, rule,
-                                 run_state_machine_as_test)
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from unbroken_engine import errors
 from unbroken_engine._native import MAX_ATTRS, REC_HEADER_SIZE
-from unbroken_engine.log.segmented import (DEFAULT_READ_BYTES, HEADER, Durability, LogConfig,
-                                 RecordType, SegmentedLog)
+from unbroken_engine.log.segmented import (
+    DEFAULT_READ_BYTES,
+    HEADER,
+    Durability,
+    LogConfig,
+    RecordType,
+    SegmentedLog,
+)
 
 SEG = 4096
 CONFIG = LogConfig(segment_size=SEG, index_interval=128, durability=Durability.NEVER)

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from unbroken_engine import AppendOptions, CreateOptions, FileBackedStreamStore, Producer, errors
-from unbroken_engine.stores.file import SNAPSHOT_NAME
 from unbroken_engine.log.segmented import Durability, LogConfig
+from unbroken_engine.stores.file import SNAPSHOT_NAME
 
 pytestmark = pytest.mark.anyio
 CONFIG = LogConfig(segment_size=64 * 1024, durability=Durability.NEVER)

@@ -41,10 +41,10 @@ import sys
 import threading
 import time
 
-from unbroken_engine.stores.file import FileBackedStreamStore
 from unbroken_engine.log.segmented import Durability, LogConfig
 from unbroken_engine.protocol.offsets import START
 from unbroken_engine.protocol.producers import ProducerOutcome
+from unbroken_engine.stores.file import FileBackedStreamStore
 from unbroken_engine.stores.interface import AppendOptions, Producer
 from unbroken_engine.stores.sync import SyncStreamStore
 

@@ -78,18 +78,31 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
-                                 rule, run_state_machine_as_test)
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from support.stores import URL_VARS, open_shared_store, unique_prefix
 from unbroken_engine import errors
-from unbroken_engine.stores.file import FileBackedStreamStore
 from unbroken_engine.log import Durability, LogConfig
-from unbroken_engine.stores.memory import MemoryStreamStore
 from unbroken_engine.protocol.offsets import NOW, START
-from unbroken_engine.stores.interface import (DEFAULT_READ_CHUNK, AppendOptions, AppendResult,
-                                   CreateOptions, CreateResult, Producer, ReadResult,
-                                   StreamMeta)
+from unbroken_engine.stores.file import FileBackedStreamStore
+from unbroken_engine.stores.interface import (
+    DEFAULT_READ_CHUNK,
+    AppendOptions,
+    AppendResult,
+    CreateOptions,
+    CreateResult,
+    Producer,
+    ReadResult,
+    StreamMeta,
+)
+from unbroken_engine.stores.memory import MemoryStreamStore
 
 
 def _load_model():

@@ -26,8 +26,8 @@ import pytest
 
 from unbroken_engine import _native as nat
 from unbroken_engine.log import layout
-from unbroken_engine.stores.file import FileBackedStreamStore
 from unbroken_engine.log.segmented import Durability, LogConfig
+from unbroken_engine.stores.file import FileBackedStreamStore
 from unbroken_engine.stores.interface import CreateOptions
 from unbroken_engine.stores.sync import SyncStreamStore
 

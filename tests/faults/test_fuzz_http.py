@@ -38,8 +38,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from unbroken_engine import FileBackedStreamStore
-from unbroken_engine.stores.file import LOCK_NAME
 from unbroken_engine.log.segmented import Durability, LogConfig
+from unbroken_engine.stores.file import LOCK_NAME
 from unbroken_engine.stores.interface import CreateOptions
 
 EXCHANGE_TIMEOUT = 10.0  # generous: the slowest legitimate exchange takes ~0.1 s

@@ -48,12 +48,13 @@ import time
 import anyio
 import pytest
 
-from unbroken_engine import FileBackedStreamStore, errors
-from unbroken_engine import _native as nat
-from unbroken_engine.stores.file import LOCK_NAME
-from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
-from unbroken_engine.stores.interface import CreateOptions
 from support.flushes import WorkerThreadsHeld
+from unbroken_engine import FileBackedStreamStore
+from unbroken_engine import _native as nat
+from unbroken_engine import errors
+from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
+from unbroken_engine.stores.file import LOCK_NAME
+from unbroken_engine.stores.interface import CreateOptions
 
 ALWAYS = LogConfig(durability=Durability.ALWAYS)
 TEXT = {"Content-Type": "text/plain"}

@@ -343,8 +343,8 @@ async def test_a_live_reader_slot_is_given_back_however_the_response_ends():
     itself, and a long-poll each give their slot back exactly once."""
     from unbroken_engine import MemoryStreamStore
     from unbroken_server.context import ServerConfig, ServerContext
-    from unbroken_server.routing import handle
     from unbroken_server.http import Request
+    from unbroken_server.routing import handle
 
     ctx = ServerContext(MemoryStreamStore(), ServerConfig(max_live_readers=2,
                                                           long_poll_timeout=0.05))

@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 
 from unbroken_engine import _native as nat
 from unbroken_engine import errors
-from unbroken_engine.log import layout
 from unbroken_engine.errors import CorruptSegment, InvalidOffset, LogClosedError, RecordTooLarge
+from unbroken_engine.log import layout
 from unbroken_engine.log.segmented import Durability, LogConfig, SegmentedLog
 
 HEADER = nat.SEG_HEADER_SIZE

@@ -50,6 +50,7 @@ import anyio
 import httpx
 import pytest
 
+from unbroken_engine.stores.interface import Producer
 from unbroken_server.onepipe import (
     Channel,
     Flow,
@@ -60,7 +61,6 @@ from unbroken_server.onepipe import (
     connect,
 )
 from unbroken_server.onepipe.transport import HttpTransport
-from unbroken_engine.stores.interface import Producer
 
 pytestmark = pytest.mark.anyio
 

@@ -44,10 +44,10 @@ from unbroken_engine import MemoryStreamStore
 from unbroken_engine.log.segmented import LogConfig
 from unbroken_server.app import serve
 from unbroken_server.connection import serve_connection
-from unbroken_server.errors import error_response
 from unbroken_server.context import ServerConfig, ServerContext
-from unbroken_server.routing import handle
+from unbroken_server.errors import error_response
 from unbroken_server.http import Request, StreamingResponse
+from unbroken_server.routing import handle
 
 #: liveness bound for any single wait in these tests (never a timing assertion)
 TIMEOUT = 10.0

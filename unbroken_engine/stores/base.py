@@ -40,11 +40,10 @@ import time
 import msgpack
 
 from .. import errors
-from ..protocol import framing
 from ..log.paging import fits, part_size
 from ..log.segmented import RecordType
+from ..protocol import framing
 from ..protocol.media import is_json, media_type
-from .notify import StreamNotifier
 from ..protocol.offsets import NOW, START
 from ..protocol.producers import ProducerOutcome, ProducerState, validate
 from ..protocol.rules import (
@@ -73,6 +72,7 @@ from .interface import (
     StreamStore,
     last_json_value,
 )
+from .notify import StreamNotifier
 
 _CLOSERS = (RecordType.DATA_CLOSE, RecordType.CLOSE)
 

@@ -45,9 +45,9 @@ import msgpack
 from .. import _testhooks, errors
 from ..log import layout
 from ..log.segmented import LogConfig, SegmentedLog
-from .interface import StoreRecovery
 from ..protocol.rules import Requested
 from .base import BaseStreamStore, Stream
+from .interface import StoreRecovery
 
 log = logging.getLogger("unbroken")
 

@@ -27,8 +27,7 @@ from datetime import datetime
 from .. import _native as nat
 from .. import errors
 from ..protocol import framing
-from ..protocol.media import DEFAULT_CONTENT_TYPE
-from ..protocol.media import is_json
+from ..protocol.media import DEFAULT_CONTENT_TYPE, is_json
 from ..protocol.producers import ProducerOutcome
 
 #: Default cap on the bytes one read returns (a whole append is never split).

@@ -47,9 +47,9 @@ import msgpack
 from .. import _native as nat
 from .. import errors
 from ..log import layout
-from ..stores.file import DEFAULT_DATA_DIR, META_VERSION, SNAPSHOT_NAME, lock_data_dir
 from ..log.segmented import LogConfig, RecordType, SegmentedLog
 from ..stores.base import Stream
+from ..stores.file import DEFAULT_DATA_DIR, META_VERSION, SNAPSHOT_NAME, lock_data_dir
 
 HEADER = nat.SEG_HEADER_SIZE
 REC_HEADER = nat.REC_HEADER_SIZE

@@ -7,7 +7,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from support.contract import ACCEPTED, JSON, P, TEXT, append, body, create, jbody, last
+from support.contract import ACCEPTED, JSON, TEXT, P, append, body, create, jbody, last
 from unbroken_engine import errors
 
 pytestmark = pytest.mark.anyio

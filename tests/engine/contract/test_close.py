@@ -7,7 +7,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from support.contract import ACCEPTED, DUPLICATE, JSON, P, TEXT, append, body, create, read_pages
+from support.contract import ACCEPTED, DUPLICATE, JSON, TEXT, P, append, body, create, read_pages
 from unbroken_engine import errors
 from unbroken_engine.protocol.offsets import NOW
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from support.contract import ACCEPTED, DUPLICATE, JSON, P, TEXT, append, body, create, jbody
+from support.contract import ACCEPTED, DUPLICATE, JSON, TEXT, P, append, body, create, jbody
 from unbroken_engine import errors
 
 pytestmark = pytest.mark.anyio

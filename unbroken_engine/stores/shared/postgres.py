@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import re
+import time
 
 import msgpack
 

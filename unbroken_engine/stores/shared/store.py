@@ -59,25 +59,12 @@ import anyio
 
 from ... import _native as nat
 from ... import errors
-from ...protocol import framing
 from ...log.paging import fits, part_size
 from ...log.segmented import RecordType
+from ...protocol import framing
 from ...protocol.media import is_json, media_type
-from ..notify import StreamNotifier
 from ...protocol.offsets import NOW, START
 from ...protocol.producers import ProducerOutcome, ProducerState, validate
-from ..interface import (
-    DEFAULT_READ_CHUNK,
-    AppendOptions,
-    AppendResult,
-    CreateOptions,
-    CreateResult,
-    LastMessage,
-    ReadResult,
-    StreamMeta,
-    StreamStore,
-    last_json_value,
-)
 from ...protocol.rules import (
     Requested,
     append_record,
@@ -93,6 +80,19 @@ from ...protocol.rules import (
     is_expired,
 )
 from ..base import closed_answer
+from ..interface import (
+    DEFAULT_READ_CHUNK,
+    AppendOptions,
+    AppendResult,
+    CreateOptions,
+    CreateResult,
+    LastMessage,
+    ReadResult,
+    StreamMeta,
+    StreamStore,
+    last_json_value,
+)
+from ..notify import StreamNotifier
 
 log = logging.getLogger("unbroken")
 
