@@ -31,12 +31,6 @@ from unbroken_engine import errors
 from unbroken_engine.protocol.offsets import NOW, START
 from unbroken_engine.stores.interface import AppendResult, CreateResult, ReadResult, StreamMeta
 
-#: §5.1: a re-PUT that differs in Stream-Closed from the stream is 409 (a
-#: closed stream re-PUT without ``closed``, an open one with it). True: the
-#: model judges that rule and the driver generates such re-creates; False:
-#: the driver keeps re-creates to the stream's own closed state.
-SPEC_5_1_CLOSED_REPUT = True
-
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _WS = b" \t\r\n"
 
@@ -288,7 +282,7 @@ class StreamModel:
 
     def same_config(self, s: MStream, o) -> bool:
         """protocol-choices.md, Creating: media type, TTL, expiry and the
-        fork headers given; §5.1 (SPEC_5_1_CLOSED_REPUT) Stream-Closed."""
+        fork headers given; Stream-Closed against the stream's closure (§5.1)."""
         r_media, r_ttl, r_exp, r_from, r_token, r_sub = s.requested
         if o.content_type is not None:
             wanted = media(o.content_type)
@@ -296,12 +290,10 @@ class StreamModel:
             wanted = media(s.content_type)
         else:
             wanted = DEFAULT_CONTENT_TYPE
-        same = (wanted == media(s.content_type) and o.ttl == r_ttl and o.expires_at == r_exp
+        return (wanted == media(s.content_type) and o.ttl == r_ttl and o.expires_at == r_exp
                 and o.fork_from == r_from and o.fork_sub_offset == r_sub
-                and (o.fork_offset is None or o.fork_offset == r_token))
-        if SPEC_5_1_CLOSED_REPUT:
-            same = same and o.closed == s.closed
-        return same
+                and (o.fork_offset is None or o.fork_offset == r_token)
+                and o.closed == s.closed)
 
     # ---- append ---------------------------------------------------------------------
 

@@ -48,7 +48,9 @@ What it leaves to weaker invariants, and why:
   or after the stream lookup (a parameter of the model: the shared stores
   refuse it first), a stale producer epoch on a closed stream is 403 or 409.
 
-Re-PUT and Stream-Closed (§5.1): see ``SPEC_5_1_CLOSED_REPUT`` in the model.
+A re-PUT is judged with §5.1's closure rule: ``Stream-Closed`` must match
+the stream's closure status (a closed stream re-PUT without it, or an open
+one with it, is 409).
 
 The fake clock starts a day ahead of the OS clock: after a restart the file
 store takes a sliding TTL's last access as the latest of the one saved at
@@ -277,16 +279,7 @@ class StoreMachine(RuleBasedStateMachine):
         return data.draw(st.one_of(known, known, known.map(lambda o: o + 1), st.just(START),
                                    st.just(NOW), st.integers(0, 20000)), label="offset")
 
-    def keep_closed_state(self, path, options: CreateOptions) -> CreateOptions:
-        """Without SPEC_5_1_CLOSED_REPUT, a re-create keeps to the stream's
-        closed state (the rule is changing; see the model)."""
-        s = self.model_stream(path)
-        if stream_model.SPEC_5_1_CLOSED_REPUT or s is None or s.closed == options.closed:
-            return options
-        return CreateOptions(**{**options.__dict__, "closed": s.closed})
-
     def create_stream(self, path, options):
-        options = self.keep_closed_state(path, options)
         source = options.fork_from and self.model_stream(options.fork_from)
         if source and options.fork_offset is not None and source.known_unit(
                 options.fork_offset) is None and not source.not_a_boundary(options.fork_offset):
